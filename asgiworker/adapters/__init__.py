@@ -1,0 +1,56 @@
+"""Turn every kind of application we serve into one internal ASGI 3 callable.
+
+Kinds: ``asgi3`` (``async app(scope, receive, send)``), ``asgi2`` (``app(scope)`` returning
+``async instance(receive, send)``) and ``consumer`` (``consumer(message)`` answering on
+``message['reply_channel']``). ``load()`` picks the kind by the rules in ``detect.py`` unless it
+is forced, in code with the wrappers below or in deployment with ``ASGIWORKER_APP_KIND``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from asgiworker.adapters.asgi2 import asgi2_to_asgi3
+from asgiworker.adapters.consumer import ChannelLayer, ConsumerAdapter, ReplyChannel, ResponseAlreadySent
+from asgiworker.adapters.detect import KINDS, AppKindError, ForcedKind, detect_kind
+
+__all__ = [
+    "AppKindError", "ChannelLayer", "ReplyChannel", "ResponseAlreadySent", "KINDS",
+    "asgi2", "asgi3", "consumer", "detect_kind", "load",
+]
+
+
+def consumer(fn: Callable[..., Any]) -> ForcedKind:
+    """Mark ``fn`` as a channel-style consumer: ``fn(message)``."""
+    return ForcedKind(fn, "consumer")
+
+
+def asgi2(fn: Callable[..., Any]) -> ForcedKind:
+    """Mark ``fn`` as an ASGI 2 application: ``fn(scope)`` returns ``async instance(receive, send)``."""
+    return ForcedKind(fn, "asgi2")
+
+
+def asgi3(fn: Callable[..., Any]) -> ForcedKind:
+    """Mark ``fn`` as an ASGI 3 application: ``async fn(scope, receive, send)``."""
+    return ForcedKind(fn, "asgi3")
+
+
+def load(app: Any, kind: str = "auto") -> Callable[..., Any]:
+    """Return the ASGI 3 callable that serves ``app``.
+
+    ``kind`` is ``auto`` or one of ``KINDS``; a wrapper applied in code wins over it, since
+    whoever wrapped the app knew best. Raises ``AppKindError`` with the fix when undecidable.
+    """
+    if isinstance(app, ForcedKind):
+        kind, app = app.kind, app.app
+    elif kind == "auto":
+        kind = detect_kind(app)
+    elif kind not in KINDS:
+        raise AppKindError(
+            f"Unknown application kind {kind!r}: set ASGIWORKER_APP_KIND to one of auto, {', '.join(KINDS)}"
+        )
+    if kind == "asgi3":
+        return app
+    if kind == "asgi2":
+        return asgi2_to_asgi3(app)
+    return ConsumerAdapter(app)

@@ -1,0 +1,14 @@
+"""ASGI 2 ("double callable") applications, served as ASGI 3."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def asgi2_to_asgi3(app: Callable[..., Any]) -> Callable[..., Any]:
+    async def asgi3(scope: dict, receive: Callable, send: Callable) -> None:
+        instance = app(scope)
+        await instance(receive, send)
+
+    asgi3.__qualname__ = f"asgi2_to_asgi3({getattr(app, '__qualname__', app)!s})"
+    return asgi3

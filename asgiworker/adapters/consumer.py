@@ -1,0 +1,263 @@
+"""Channel-style consumers: ``consumer(message)`` answering on ``message['reply_channel']``.
+
+The consumer gets the whole request as one plain dict. Its replies go through a ``ReplyChannel``
+whose ``send()`` is synchronous and thread-safe: it validates the reply in the caller (so a bad
+reply raises right there), appends it to an outbox and wakes the request's task, which forwards
+the replies to the ASGI ``send`` in order, waiting for the socket to drain when it must.
+
+A consumer that drops its message without finishing the response is noticed when its
+``ReplyChannel`` is garbage-collected: the client then gets a 500 (or, if the response had
+started, the connection is closed) instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from inspect import isawaitable
+from typing import Any, Callable, Deque, Dict, Optional
+
+REPLY_KEYS = frozenset(("status", "headers", "content", "more_content"))
+LATER_REPLY_KEYS = frozenset(("content", "more_content"))
+
+
+class ResponseAlreadySent(RuntimeError):
+    """``reply_channel.send()`` after the reply that ended the response."""
+
+
+class InvalidReply(ValueError):
+    """A reply message the worker cannot send; the text says what is wrong with it."""
+
+
+class ConsumerDidNotReply(RuntimeError):
+    """The consumer let go of its reply channel without ending the response."""
+
+
+class ChannelLayer:
+    """``message['channel_layer']``: gives consumers the worker's running event loop."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def __repr__(self) -> str:
+        return f"<ChannelLayer loop={self.loop!r}>"
+
+
+class _Outbox:
+    """Replies on their way from the consumer (any thread) to the request's task (the loop)."""
+
+    __slots__ = ("loop", "thread_id", "queue", "lock", "waiter", "started", "finished", "failure",
+                 "abandoned", "disconnect")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.thread_id = threading.get_ident()
+        self.queue: Deque[Dict[str, Any]] = deque()
+        self.lock = threading.Lock()
+        self.waiter: Optional[asyncio.Future] = None
+        self.started = False
+        self.finished = False
+        self.failure: Optional[str] = None
+        self.abandoned = False
+        self.disconnect: Optional[OSError] = None
+
+    def wake(self) -> None:
+        if threading.get_ident() == self.thread_id:
+            self._wake_in_loop()
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self._wake_in_loop)
+            except RuntimeError:
+                pass  # the loop is closed: the worker is gone, nobody is waiting
+
+    def _wake_in_loop(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        self.waiter = self.loop.create_future()
+        # Re-check after arming the waiter: another thread may have replied just before.
+        if not (self.queue or self.finished or self.abandoned):
+            await self.waiter
+        self.waiter = None
+
+
+class ReplyChannel:
+    """``message['reply_channel']``: ``send()`` answers the request, from any thread."""
+
+    __slots__ = ("_outbox", "__weakref__")
+
+    def __init__(self, outbox: _Outbox) -> None:
+        self._outbox = outbox
+
+    def send(self, message: Dict[str, Any]) -> None:
+        """Queue one reply. The first carries ``status`` (and optional ``headers``, ``content``,
+        ``more_content``); later ones carry ``content`` and ``more_content``. The response ends
+        with the first reply whose ``more_content`` is false or absent."""
+        outbox = self._outbox
+        with outbox.lock:
+            if outbox.disconnect is not None:
+                raise type(outbox.disconnect)(*outbox.disconnect.args)
+            if outbox.finished:
+                raise ResponseAlreadySent(
+                    "This response has already ended (a reply without more_content=True was sent)"
+                    if outbox.failure is None else f"This response was abandoned after an invalid reply: {outbox.failure}"
+                )
+            try:
+                messages = _to_asgi(message, first=not outbox.started)
+            except InvalidReply as exc:
+                # Whatever the consumer does next, this response cannot be completed properly.
+                outbox.failure = str(exc)
+                outbox.finished = True
+                outbox.wake()
+                raise
+            outbox.started = True
+            outbox.queue.extend(messages)
+            # Set after queueing: the forwarder reads `finished` first, then drains the queue.
+            outbox.finished = not messages[-1]["more_body"]
+        outbox.wake()
+
+    def __del__(self) -> None:
+        outbox = self._outbox
+        if not outbox.finished:
+            outbox.abandoned = True
+            outbox.wake()
+
+    def __repr__(self) -> str:
+        return f"<ReplyChannel started={self._outbox.started} finished={self._outbox.finished}>"
+
+
+def _to_asgi(message: Any, first: bool) -> "list[Dict[str, Any]]":
+    if not isinstance(message, dict):
+        raise InvalidReply(f"A reply must be a dict, got {type(message).__name__}")
+    allowed = REPLY_KEYS if first else LATER_REPLY_KEYS
+    unknown = message.keys() - allowed
+    if unknown:
+        if not first and unknown <= REPLY_KEYS:
+            raise InvalidReply(f"{sorted(unknown)} may only be given in the first reply of a response")
+        raise InvalidReply(f"Unknown reply keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    content = message.get("content", b"")
+    if type(content) is not bytes:
+        if not isinstance(content, (bytes, bytearray)):
+            raise InvalidReply(f"Reply 'content' must be bytes, got {type(content).__name__}")
+        content = bytes(content)
+    body = {"type": "http.response.body", "body": content, "more_body": bool(message.get("more_content", False))}
+    if not first:
+        return [body]
+    if "status" not in message:
+        raise InvalidReply("The first reply must have a 'status' (an int such as 200)")
+    status = message["status"]
+    if type(status) is not int or not 100 <= status <= 999:
+        raise InvalidReply(f"Reply 'status' must be an int from 100 to 999, got {status!r}")
+    headers = message.get("headers", ())
+    try:
+        for name, value in headers:
+            if type(name) is not bytes or type(value) is not bytes:
+                raise InvalidReply(f"Reply header names and values must be bytes, got {name!r}: {value!r}")
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InvalidReply):
+            raise
+        raise InvalidReply(f"Reply 'headers' must be a list of [name, value] byte pairs, got {headers!r}") from None
+    return [{"type": "http.response.start", "status": status, "headers": headers}, body]
+
+
+class ConsumerAdapter:
+    """Serves a channel-style consumer as an ASGI 3 application."""
+
+    def __init__(self, consumer: Callable[[Dict[str, Any]], Any]) -> None:
+        self.consumer = consumer
+        self._layer: Optional[ChannelLayer] = None
+
+    def __repr__(self) -> str:
+        return f"<ConsumerAdapter {self.consumer!r}>"
+
+    def _channel_layer(self) -> ChannelLayer:
+        loop = asyncio.get_running_loop()
+        layer = self._layer
+        if layer is None or layer.loop is not loop:
+            layer = self._layer = ChannelLayer(loop)
+        return layer
+
+    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError(f"Channel consumers are served for HTTP requests; scope type {scope['type']!r} "
+                               "is not supported")
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client left before its request was complete
+        layer = self._channel_layer()
+        outbox = _Outbox(layer.loop)
+        message = {
+            "type": "http.request",
+            "reply_channel": ReplyChannel(outbox),
+            "channel_layer": layer,
+            "http_version": scope["http_version"],
+            "method": scope["method"],
+            "scheme": scope["scheme"],
+            "path": scope["path"],
+            "raw_path": scope["raw_path"],
+            "query_string": scope["query_string"],
+            "root_path": scope["root_path"],
+            "headers": scope["headers"],
+            "body": body,
+            "client": scope["client"],
+            "server": scope["server"],
+        }
+        error: Optional[BaseException] = None
+        try:
+            result = self.consumer(message)
+            # Let go of the message: if the consumer kept no reference, its ReplyChannel dies
+            # here and we learn that no reply is coming.
+            del message
+            if result is not None and isawaitable(result):
+                await result
+            del result
+        except Exception as exc:
+            error = exc
+        await self._forward(outbox, send, wait=error is None)
+        if error is not None:
+            raise error
+
+    async def _forward(self, outbox: _Outbox, send: Callable, wait: bool) -> None:
+        queue = outbox.queue
+        while True:
+            finished = outbox.finished
+            while queue:
+                try:
+                    await send(queue.popleft())
+                except OSError as exc:
+                    outbox.disconnect = exc
+                    raise
+            if finished:
+                if outbox.failure is not None:
+                    raise InvalidReply(f"{self.consumer!r} sent an invalid reply: {outbox.failure}")
+                return
+            if outbox.abandoned:
+                raise ConsumerDidNotReply(
+                    f"{self.consumer!r} dropped its message without ending the response "
+                    "(the reply channel was garbage-collected before a reply without more_content)"
+                )
+            if not wait:
+                return
+            await outbox.wait()
+
+
+async def _read_body(receive: Callable) -> Optional[bytes]:
+    message = await receive()
+    if message["type"] != "http.request":
+        return None
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -1,0 +1,63 @@
+"""The worker's settings: Gunicorn's own, plus the few of ours that Gunicorn has no name for.
+
+Ours are read from ``ASGIWORKER_*`` environment variables, so they can be set without touching
+code, from the shell, on the Gunicorn command line (``-e ASGIWORKER_APP_KIND=consumer``) or in a
+Gunicorn config file (``raw_env = ["ASGIWORKER_APP_KIND=consumer"]``). Gunicorn applies ``raw_env``
+in the worker before the application is loaded, which is when we read them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+APP_KIND_ENV = "ASGIWORKER_APP_KIND"
+HEADER_TIMEOUT_ENV = "ASGIWORKER_HEADER_TIMEOUT"
+SERVER_HEADER_ENV = "ASGIWORKER_SERVER_HEADER"
+
+
+class ConfigurationError(Exception):
+    """A setting has a value we cannot work with; the message says what to change."""
+
+
+@dataclass
+class Settings:
+    """Everything the HTTP layer needs to know, resolved once at boot."""
+
+    keepalive: float = 2.0
+    header_timeout: float = 10.0
+    limit_request_line: int = 4094
+    limit_request_fields: int = 100
+    limit_request_field_size: int = 8190
+    root_path: str = ""
+    server_header: bytes = b"asgiworker"
+    app_kind: str = "auto"
+
+    @classmethod
+    def from_gunicorn(cls, cfg: Any, environ: Optional[Mapping[str, str]] = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        return cls(
+            keepalive=float(cfg.keepalive),
+            header_timeout=_positive_float(environ, HEADER_TIMEOUT_ENV, 10.0),
+            # Gunicorn uses 0 to mean "unlimited" for these.
+            limit_request_line=int(cfg.limit_request_line) or 1 << 30,
+            limit_request_fields=int(cfg.limit_request_fields) or 1 << 30,
+            limit_request_field_size=int(cfg.limit_request_field_size) or 1 << 30,
+            root_path=getattr(cfg, "root_path", "") or "",
+            server_header=environ.get(SERVER_HEADER_ENV, "asgiworker").encode("latin-1"),
+            app_kind=environ.get(APP_KIND_ENV, "auto").strip().lower() or "auto",
+        )
+
+
+def _positive_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ConfigurationError(f"{name}={raw!r} is not a positive number of seconds; set it to e.g. 10")
+    return value

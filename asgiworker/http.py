@@ -1,0 +1,678 @@
+"""HTTP/1.1 connections on httptools: parsing, framing, keep-alive, pipelining, flow control.
+
+One ``HttpConnection`` per socket. Each request becomes a ``RequestCycle`` whose ``receive`` and
+``send`` are handed to the (single, internal) ASGI 3 callable; the cycle runs as one task.
+Pipelined requests are parsed as they arrive but answered strictly in order: only the oldest
+request's task runs, the others wait in ``_pipeline`` with their bodies buffered (bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from asgiworker.config import Settings
+
+ASGIApp = Callable[[Dict[str, Any], Callable[[], Awaitable[Dict[str, Any]]], Callable[[Dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+
+# Request body bytes buffered for the app before we stop reading from the socket, and the level
+# at which we start again. Pipelined requests waiting their turn are bounded in number too.
+BODY_HIGH_WATER = 256 * 1024
+BODY_LOW_WATER = 64 * 1024
+MAX_PIPELINED = 16
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+
+
+class ClientDisconnected(OSError):
+    """The client went away: raised by ``send()`` so that a streaming app stops (ASGI 2.4)."""
+
+
+class _Reject(Exception):
+    """Raised from parser callbacks to refuse a request with an HTTP status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))
+
+
+STATUS_LINES = {int(s): _status_line(int(s)) for s in HTTPStatus}
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_known_good_names: Dict[bytes, bool] = {}
+
+
+def _valid_header_name(name: bytes) -> bool:
+    # Apps send the same few names over and over: remember the ones already checked.
+    if name in _known_good_names:
+        return True
+    if _TOKEN.fullmatch(name) is None:
+        return False
+    if len(_known_good_names) < 4096:
+        _known_good_names[name] = True
+    return True
+
+
+def error_response(status: int, text: str, default_headers: bytes = b"") -> bytes:
+    """A complete, self-contained response that closes the connection."""
+    body = text.encode("utf-8") + b"\n"
+    return b"".join(
+        (
+            STATUS_LINES.get(status) or _status_line(status),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n",
+            default_headers,
+            b"\r\n",
+            body,
+        )
+    )
+
+
+class ServerState:
+    """What all connections of one worker share: the app, settings, and the clock."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, log: Any, loop: asyncio.AbstractEventLoop,
+                 max_requests: int = 0, on_max_requests: Optional[Callable[[], None]] = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.log = log
+        self.loop = loop
+        self.connections: "set[HttpConnection]" = set()
+        self.requests_total = 0
+        self.max_requests = max_requests
+        self.on_max_requests = on_max_requests
+        self.default_headers = b""
+        self.update_date()
+
+    def update_date(self) -> None:
+        # The Date header is cached and refreshed once a second by the worker's ticker.
+        self.default_headers = b"".join(
+            (b"date: ", formatdate(usegmt=True).encode("ascii"), b"\r\nserver: ", self.settings.server_header, b"\r\n")
+        )
+
+    def request_done(self) -> None:
+        self.requests_total += 1
+        if self.max_requests and self.requests_total == self.max_requests and self.on_max_requests:
+            self.on_max_requests()
+
+    def tick(self) -> None:
+        """Once a second: refresh the Date header and close idle or too slow connections."""
+        self.update_date()
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
+
+    def shutdown(self) -> None:
+        """Graceful stop: idle connections close now, busy ones after their last response."""
+        for conn in list(self.connections):
+            conn.shutdown()
+
+    def force_close(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: httptools calls the ``on_*`` methods as bytes arrive."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.loop = state.loop
+        self.settings = state.settings
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: Any = None
+        self.client: Any = None
+        self.server: Any = None
+        self.scheme = "http"
+        # Parsing state of the request whose head or body is arriving now.
+        self._url = b""
+        self._headers: List[List[bytes]] = []
+        self._header_bytes = 0
+        self._expect_100 = False
+        self._parsing: Optional[RequestCycle] = None
+        # Response state: the request being answered and those waiting their turn.
+        self._active: Optional[RequestCycle] = None
+        self._pipeline: Deque[RequestCycle] = deque()
+        self._pending_error: Optional[bytes] = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiter: Optional[asyncio.Future] = None
+        self._closing = False
+        self._closed = False
+        self._ignore_input = False
+        self._last_activity = self.loop.time()
+        self._head_started: Optional[float] = None
+
+    # -- transport callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.state.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        if isinstance(peer, (tuple, list)) and len(peer) >= 2:
+            self.client = (str(peer[0]), int(peer[1]))
+        if isinstance(sock, (tuple, list)) and len(sock) >= 2:
+            self.server = (str(sock[0]), int(sock[1]))
+        elif isinstance(sock, str) and sock:
+            self.server = (sock, None)
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._closed = True
+        self.state.connections.discard(self)
+        for cycle in (self._active, self._parsing, *self._pipeline):
+            if cycle is not None:
+                cycle.on_disconnect()
+        self._pipeline.clear()
+        self._wake_drain()
+
+    def eof_received(self) -> Optional[bool]:
+        # A client may shut down its write side after its request and still wait for the
+        # answer: keep the transport open while there is a request to answer.
+        if self._active is not None or self._pipeline:
+            self._ignore_input = True
+            if self._parsing is not None and self._parsing.more_body:
+                self._parsing.on_disconnect()
+            return True
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        if self._ignore_input:
+            return
+        self._last_activity = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Protocol switching is not served (yet): the request is answered as plain HTTP and
+            # the connection closes after it, since what follows is not HTTP/1.1.
+            self._ignore_input = True
+            last = self._pipeline[-1] if self._pipeline else self._active
+            if last is not None:
+                last.keep_alive = False
+        except httptools.HttpParserCallbackError as exc:
+            reject = exc.__context__
+            if isinstance(reject, _Reject):
+                self._protocol_error(reject.status, reject.reason)
+            else:
+                self._protocol_error(400, "Invalid HTTP request")
+        except httptools.HttpParserInvalidMethodError:
+            self._protocol_error(400, "Invalid HTTP method")
+        except httptools.HttpParserError as exc:
+            self._protocol_error(400, "Invalid HTTP request: %s" % exc)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_drain()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._expect_100 = False
+        self._head_started = self._last_activity
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.settings.limit_request_line:
+            raise _Reject(414, "Request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if len(name) + len(value) > self.settings.limit_request_field_size:
+            raise _Reject(431, "Request header field too large")
+        headers = self._headers
+        if len(headers) >= self.settings.limit_request_fields:
+            raise _Reject(431, "Too many request header fields")
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect_100 = True
+        headers.append([name, value])
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        http_version = parser.get_http_version()
+        if http_version != "1.1" and http_version != "1.0":
+            raise _Reject(505, "HTTP version not supported")
+        url = self._url
+        if url[:1] == b"/" and b"?" not in url and b"%" not in url and b"#" not in url:
+            raw_path = url
+            query = b""
+            try:
+                path = url.decode("ascii")
+            except UnicodeDecodeError:
+                path = url.decode("utf-8", "surrogateescape")
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise _Reject(400, "Invalid request target") from None
+            raw_path = parsed.path or b"/"
+            query = parsed.query or b""
+            try:
+                path = unquote_to_bytes(raw_path).decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Reject(400, "Request path is not valid UTF-8") from None
+        keep_alive = parser.should_keep_alive() and self.settings.keepalive > 0
+        scope = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": http_version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": parser.get_method().decode("ascii"),
+            "root_path": self.settings.root_path,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": self._headers,
+        }
+        cycle = RequestCycle(self, scope, keep_alive, self._expect_100 and http_version == "1.1")
+        self._parsing = cycle
+        self._head_started = None
+        if self._active is None:
+            self._start(cycle)
+        else:
+            self._pipeline.append(cycle)
+            if len(self._pipeline) >= MAX_PIPELINED:
+                self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self._parsing
+        if cycle is None or cycle.response_complete:
+            return  # the app answered without reading it all: drop the rest
+        cycle.body.append(body)
+        cycle.buffered += len(body)
+        if cycle.buffered > BODY_HIGH_WATER:
+            self._pause_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        cycle = self._parsing
+        if cycle is not None:
+            cycle.more_body = False
+            cycle.wake()
+            self._parsing = None
+
+    # -- request scheduling -------------------------------------------------------------------
+
+    def _start(self, cycle: "RequestCycle") -> None:
+        self._active = cycle
+        cycle.task = self.loop.create_task(cycle.run())
+
+    def response_complete(self, cycle: "RequestCycle") -> None:
+        self._active = None
+        if cycle is self._parsing and cycle.expect_100:
+            # The client is still holding back a body we never asked for: we cannot know
+            # what it will send next, so this connection cannot carry another request.
+            cycle.keep_alive = False
+        if not cycle.keep_alive or self._closed:
+            self._close()
+            return
+        if self._pipeline:
+            self._start(self._pipeline.popleft())
+            self._maybe_resume_reading()
+            return
+        if self._pending_error is not None:
+            self._send_and_close(self._pending_error)
+            return
+        if self._closing or self._ignore_input:
+            self._close()
+            return
+        self._last_activity = self.loop.time()
+        self._maybe_resume_reading()
+
+    def _protocol_error(self, status: int, reason: str) -> None:
+        self._ignore_input = True
+        self.state.log.warning("Invalid request from %s: %s", self.client[0] if self.client else "?", reason)
+        response = error_response(status, reason, self.state.default_headers)
+        parsing = self._parsing
+        if parsing is not None:
+            # Its body is broken: the app reading it sees a disconnect, and nothing after it is
+            # answered. If the app has not started answering, it gets our error instead.
+            self._pipeline = deque(c for c in self._pipeline if c is not parsing)
+            parsing.more_body = False
+            parsing.on_disconnect()
+            if parsing is self._active and not parsing.head_sent:
+                self._send_and_close(response)
+                return
+        if self._active is None and not self._pipeline:
+            self._send_and_close(response)
+        else:
+            self._pending_error = response
+            self._pause_reading()
+
+    def _send_and_close(self, data: bytes) -> None:
+        if not self._closed:
+            self.transport.write(data)
+        self._close()
+
+    # -- flow control -------------------------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self._closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if not self._reading_paused or self._closed or len(self._pipeline) >= MAX_PIPELINED:
+            return
+        parsing = self._parsing
+        if parsing is not None and parsing.buffered > BODY_LOW_WATER and not parsing.response_complete:
+            return
+        self._reading_paused = False
+        self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        if self._closed:
+            return
+        waiter = self._drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self._drain_waiter = self.loop.create_future()
+        await waiter
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._drain_waiter = None
+
+    # -- life and death -----------------------------------------------------------------------
+
+    def check_timeouts(self, now: float) -> None:
+        if self._active is not None or self._pipeline or self._closed:
+            return
+        if self._head_started is not None:
+            if now - self._head_started > self.settings.header_timeout:
+                self.state.log.info("Closing connection from %s: request head not received in %gs",
+                                    self.client[0] if self.client else "?", self.settings.header_timeout)
+                self._send_and_close(error_response(408, "Request Timeout", self.state.default_headers))
+        elif self._parsing is None and now - self._last_activity > self.settings.keepalive:
+            self._close()
+
+    def shutdown(self) -> None:
+        self._closing = True
+        if self._active is None and not self._pipeline:
+            self._close()
+
+    def abort(self) -> None:
+        if not self._closed and self.transport is not None:
+            self.transport.abort()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.transport.close()
+
+
+class RequestCycle:
+    """One request and its response: the ASGI ``receive``/``send`` pair and the framing state."""
+
+    __slots__ = (
+        "conn", "scope", "keep_alive", "expect_100", "body", "buffered", "more_body", "waiter",
+        "disconnected", "response_started", "head_sent", "response_complete", "status", "headers",
+        "chunked", "remaining", "no_body", "task",
+    )
+
+    def __init__(self, conn: HttpConnection, scope: Dict[str, Any], keep_alive: bool, expect_100: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_100 = expect_100
+        self.body: List[bytes] = []
+        self.buffered = 0
+        self.more_body = True
+        self.waiter: Optional[asyncio.Future] = None
+        self.disconnected = False
+        self.response_started = False
+        self.head_sent = False
+        self.response_complete = False
+        self.status = 0
+        self.headers: Any = ()
+        self.chunked = False
+        self.remaining: Optional[int] = None
+        self.no_body = False
+        self.task: Optional[asyncio.Task] = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_disconnect(self) -> None:
+        self.disconnected = True
+        self.wake()
+
+    async def run(self) -> None:
+        conn = self.conn
+        try:
+            await conn.state.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except asyncio.CancelledError:
+            self._fail()
+            raise
+        except BaseException:
+            scope = self.scope
+            conn.state.log.exception("Error handling request %s %s", scope["method"],
+                                     scope["raw_path"].decode("latin-1"))
+            self._fail()
+        else:
+            if not self.response_complete and not self.disconnected:
+                if self.head_sent:
+                    conn.state.log.error("ASGI application returned without completing the response to %s %s",
+                                         self.scope["method"], self.scope["raw_path"].decode("latin-1"))
+                else:
+                    conn.state.log.error("ASGI application returned without sending a response to %s %s",
+                                         self.scope["method"], self.scope["raw_path"].decode("latin-1"))
+                self._fail()
+
+    def _fail(self) -> None:
+        """Answer 500 if nothing went out yet, else cut the connection: never a second response."""
+        if self.response_complete:
+            return
+        self.response_complete = True
+        self.body = []
+        conn = self.conn
+        conn.state.request_done()
+        if self.disconnected or conn._closed:
+            return
+        if self.head_sent:
+            conn.abort()
+        else:
+            conn._send_and_close(error_response(500, "Internal Server Error", conn.state.default_headers))
+
+    # -- ASGI receive -------------------------------------------------------------------------
+
+    async def receive(self) -> Dict[str, Any]:
+        if self.response_complete or self.disconnected:
+            return {"type": "http.disconnect"}
+        if not self.body and self.more_body:
+            if self.expect_100:
+                self.expect_100 = False
+                self.conn.transport.write(CONTINUE_RESPONSE)
+            self.waiter = self.conn.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+            if self.disconnected:
+                return {"type": "http.disconnect"}
+        self.expect_100 = False
+        chunks = self.body
+        if len(chunks) == 1:
+            body = chunks[0]
+        else:
+            body = b"".join(chunks)
+        self.body = []
+        self.buffered = 0
+        if self.conn._reading_paused:
+            self.conn._maybe_resume_reading()
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    # -- ASGI send ----------------------------------------------------------------------------
+
+    async def send(self, message: Dict[str, Any]) -> None:
+        if self.disconnected:
+            raise ClientDisconnected("the client has closed the connection")
+        message_type = message["type"]
+        if not self.response_started:
+            if message_type != "http.response.start":
+                raise RuntimeError("Expected ASGI message 'http.response.start', got %r" % (message_type,))
+            status = message["status"]
+            if type(status) is not int or not 100 <= status <= 999:
+                raise RuntimeError("ASGI 'status' must be an int between 100 and 999, got %r" % (status,))
+            self.status = status
+            self.headers = message.get("headers", ())
+            self.response_started = True
+            return
+        if message_type != "http.response.body":
+            raise RuntimeError("Expected ASGI message 'http.response.body', got %r" % (message_type,))
+        if self.response_complete:
+            raise RuntimeError("The response is already complete; no more 'http.response.body' is allowed")
+        body = message.get("body", b"")
+        more_body = message.get("more_body", False)
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise RuntimeError("ASGI 'body' must be bytes, got %s" % type(body).__name__)
+        conn = self.conn
+        if conn._closed:
+            self.on_disconnect()
+            raise ClientDisconnected("the client has closed the connection")
+        if not self.head_sent:
+            self._write_head_and_body(body, more_body)
+        elif body:
+            self._write_body(body, more_body)
+        elif not more_body and self.chunked:
+            conn.transport.write(b"0\r\n\r\n")
+        if more_body:
+            if conn._writing_paused:
+                await conn.drain()
+            return
+        if self.remaining:
+            conn.state.log.error("Response to %s %s ended %d bytes short of its Content-Length; closing the connection",
+                                 self.scope["method"], self.scope["raw_path"].decode("latin-1"), self.remaining)
+            self.keep_alive = False
+        self.response_complete = True
+        self.body = []
+        conn.state.request_done()
+        conn.response_complete(self)
+
+    def _write_head_and_body(self, body: bytes, more_body: bool) -> None:
+        conn = self.conn
+        status = self.status
+        scope = self.scope
+        keep_alive = self.keep_alive and not conn._closing
+        app_parts: List[bytes] = []
+        content_length: Optional[int] = None
+        lines = 0
+        try:
+            for name, value in self.headers:
+                lname = name.lower()
+                if lname == b"content-length":
+                    content_length = int(value)
+                    if content_length < 0:
+                        raise ValueError
+                    continue  # written by us below, once, in canonical form
+                elif lname == b"transfer-encoding":
+                    continue  # we frame the body ourselves
+                elif lname == b"connection":
+                    if b"close" in value.lower():
+                        keep_alive = False
+                    continue
+                if not _valid_header_name(name):
+                    raise RuntimeError("Invalid response header name %r" % (name,))
+                app_parts += (name, b": ", value, b"\r\n")
+                lines += 1
+            app_block = b"".join(app_parts)
+        except (TypeError, AttributeError):
+            raise RuntimeError("ASGI response headers must be an iterable of [name, value] byte strings, got %r"
+                               % (self.headers,)) from None
+        except ValueError:
+            raise RuntimeError("Invalid Content-Length response header in %r" % (self.headers,)) from None
+        # Every line the app gave ends in our CRLF; any other CR, LF or NUL would be response
+        # splitting. Counting is one C-speed pass instead of a regex per header.
+        if app_block.count(b"\n") != lines or app_block.count(b"\r") != lines or b"\0" in app_block:
+            raise RuntimeError("Invalid response header value (CR, LF or NUL) in %r" % (self.headers,))
+        parts = [STATUS_LINES.get(status) or _status_line(status), app_block]
+        head_request = scope["method"] == "HEAD"
+        if status < 200 or status == 204 or status == 304:
+            self.no_body = True
+        elif content_length is not None:
+            parts.append(b"content-length: %d\r\n" % content_length)
+            self.remaining = content_length
+        elif not more_body:
+            if body or not head_request:
+                parts.append(b"content-length: %d\r\n" % len(body))
+                self.remaining = len(body)
+        elif scope["http_version"] == "1.1":
+            parts.append(b"transfer-encoding: chunked\r\n")
+            self.chunked = True
+        else:
+            keep_alive = False  # HTTP/1.0 without a length: the end of the body is the close
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        elif scope["http_version"] == "1.0":
+            parts.append(b"connection: keep-alive\r\n")
+        self.keep_alive = keep_alive
+        parts.append(conn.state.default_headers)
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        self.head_sent = True
+        if head_request or self.no_body:
+            conn.transport.write(head)
+            self.remaining = None
+            return
+        if self.chunked:
+            if body:
+                head += b"%x\r\n" % len(body) + bytes(body) + b"\r\n"
+            if not more_body:
+                head += b"0\r\n\r\n"
+            conn.transport.write(head)
+            return
+        conn.transport.write(head + self._bounded(body) if body else head)
+
+    def _write_body(self, body: bytes, more_body: bool) -> None:
+        if self.no_body or self.scope["method"] == "HEAD":
+            return
+        transport = self.conn.transport
+        if self.chunked:
+            tail = b"\r\n0\r\n\r\n" if not more_body else b"\r\n"
+            transport.write(b"%x\r\n" % len(body) + bytes(body) + tail)
+        else:
+            transport.write(self._bounded(body))
+
+    def _bounded(self, body: bytes) -> bytes:
+        """Never send past the declared Content-Length."""
+        remaining = self.remaining
+        if remaining is None:
+            return body
+        if len(body) > remaining:
+            self.conn.state.log.error("Response to %s %s is longer than its Content-Length; truncated and closing",
+                                      self.scope["method"], self.scope["raw_path"].decode("latin-1"))
+            self.keep_alive = False
+            body = body[:remaining]
+        self.remaining = remaining - len(body)
+        return body

@@ -1,0 +1,164 @@
+"""The Gunicorn worker: one uvloop event loop per process serving every listening socket.
+
+Gunicorn's master forks us, hands us the listening sockets and watches our heartbeat. We own the
+loop: servers on the sockets, signals through the loop, a once-a-second ticker that beats the
+heartbeat, refreshes the Date header and closes idle connections, and the graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any, List
+
+import uvloop
+from gunicorn.arbiter import Arbiter
+from gunicorn.workers import base
+
+from asgiworker import adapters
+from asgiworker.config import ConfigurationError, Settings
+from asgiworker.http import HttpConnection, ServerState
+
+
+class ASGIWorker(base.Worker):
+    """``gunicorn --worker-class asgiworker.ASGIWorker``"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.servers: List[asyncio.AbstractServer] = []
+        self.state: ServerState = None  # type: ignore[assignment]
+        self.settings: Settings = None  # type: ignore[assignment]
+        self.asgi: Any = None
+        self._stopped: asyncio.Event = None  # type: ignore[assignment]
+        self._quick_exit = False
+
+    # -- boot -----------------------------------------------------------------------------------
+
+    def init_process(self) -> None:
+        # The loop must exist before Gunicorn's init_process installs signals and loads the app:
+        # apps that look up the loop at import time get ours.
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        """Load the application and adapt it; a bad configuration stops Gunicorn at boot."""
+        super().load_wsgi()
+        try:
+            self.settings = Settings.from_gunicorn(self.cfg)
+            self.asgi = adapters.load(self.wsgi, self.settings.app_kind)
+        except (adapters.AppKindError, ConfigurationError) as exc:
+            self.log.error("asgiworker cannot start: %s", exc)
+            # WORKER_BOOT_ERROR makes the master halt instead of respawning us forever.
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    def init_signals(self) -> None:
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        loop.add_signal_handler(signal.SIGQUIT, self._on_sigquit)
+        loop.add_signal_handler(signal.SIGINT, self._on_sigquit)
+        loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
+        loop.add_signal_handler(signal.SIGWINCH, lambda: None)  # Gunicorn's master uses it, not us
+        loop.add_signal_handler(signal.SIGABRT, self._on_sigabrt)
+
+    # -- signals --------------------------------------------------------------------------------
+
+    def _stop(self) -> None:
+        self.alive = False
+        if self._stopped is not None:
+            self._stopped.set()
+
+    def _on_sigterm(self) -> None:
+        self._stop()
+
+    def _on_sigquit(self) -> None:
+        self._quick_exit = True
+        self.cfg.worker_int(self)
+        self._stop()
+
+    def _on_sigabrt(self) -> None:
+        self.alive = False
+        self.cfg.worker_abort(self)
+        sys.exit(1)
+
+    def _on_max_requests(self) -> None:
+        self.log.info("Autorestarting worker after current request.")
+        self._stop()
+
+    # -- serving --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self.loop.run_until_complete(self._serve())
+            # Whatever still runs past the shutdown (apps ignoring their disconnect) is cancelled.
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        finally:
+            self.loop.close()
+        sys.exit(0)
+
+    async def _serve(self) -> None:
+        loop = self.loop
+        self._stopped = asyncio.Event()
+        self.state = ServerState(self.asgi, self.settings, self.log, loop,
+                                 max_requests=self.max_requests if self.max_requests < sys.maxsize else 0,
+                                 on_max_requests=self._on_max_requests)
+        ssl_context = self._ssl_context()
+        state = self.state
+        for listener in self.sockets:
+            server = await loop.create_server(
+                lambda: HttpConnection(state), sock=listener.sock, ssl=ssl_context,
+                backlog=self.cfg.backlog,
+            )
+            self.servers.append(server)
+        await self._tick_until_stopped()
+        await self._shutdown()
+
+    def _ssl_context(self) -> Any:
+        if not self.cfg.is_ssl:
+            return None
+        from gunicorn.sock import ssl_context
+
+        return ssl_context(self.cfg)
+
+    async def _tick_until_stopped(self) -> None:
+        # Gunicorn hands us half its --timeout: beating at least that often keeps us alive, and a
+        # loop blocked longer than --timeout stops the beat, so the master rightly kills us.
+        interval = max(0.05, min(1.0, float(self.timeout) / 2 if self.timeout else 1.0))
+        while self.alive:
+            self.notify()
+            self.state.tick()
+            if self.ppid != os.getppid():
+                self.log.info("Parent changed, shutting down: %s", self)
+                break
+            try:
+                await asyncio.wait_for(self._stopped.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _shutdown(self) -> None:
+        for server in self.servers:
+            server.close()
+        state = self.state
+        if self._quick_exit:
+            state.force_close()
+            return
+        # Graceful: idle connections close now, busy ones after their response; whatever is
+        # still running at graceful_timeout is cut.
+        state.shutdown()
+        deadline = self.loop.time() + self.cfg.graceful_timeout
+        while state.connections and self.loop.time() < deadline and not self._quick_exit:
+            self.notify()
+            await asyncio.sleep(0.05)
+        if state.connections:
+            self.log.warning("Graceful timeout reached: closing %d connection(s)", len(state.connections))
+            state.force_close()
+        await asyncio.sleep(0)

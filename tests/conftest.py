@@ -1,0 +1,136 @@
+"""Fixtures that run the real thing: a Gunicorn master with our worker on a loopback port.
+
+    def test_x(gunicorn):
+        server = gunicorn("tests.apps.basic:app", "--max-requests", "10")
+        httpx.get(server.url + "/")
+        server.log()          # everything master and worker wrote so far
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional
+
+import gunicorn.config
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_HAS_CONTROL_SOCKET = any(s.name == "control_socket_disable" for s in gunicorn.config.KNOWN_SETTINGS)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GunicornServer:
+    """A running `gunicorn --worker-class asgiworker.ASGIWorker` master."""
+
+    def __init__(self, app: str, *args: str, env: Optional[dict] = None, wait: bool = True,
+                 cwd: Optional[Path] = None) -> None:
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.url = f"http://{self.host}:{self.port}"
+        self._logfile = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)
+        cmd: List[str] = [
+            sys.executable, "-m", "gunicorn", app,
+            "--bind", f"{self.host}:{self.port}",
+            "--worker-class", "asgiworker.ASGIWorker",
+            "--workers", "1",
+            "--graceful-timeout", "5",
+            "--log-level", "debug",
+            *args,
+        ]
+        if _HAS_CONTROL_SOCKET:
+            cmd.append("--no-control-socket")
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(cmd, stdout=self._logfile, stderr=subprocess.STDOUT, env=full_env,
+                                     cwd=str(cwd or ROOT), start_new_session=True)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+            # The master binds before the worker boots: wait for the worker to say it booted.
+            if "Booting worker" in self.log():
+                try:
+                    with socket.create_connection((self.host, self.port), timeout=1) as s:
+                        s.sendall(b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        s.settimeout(2)
+                        if s.recv(1):
+                            return
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gunicorn did not become ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return Path(self._logfile.name).read_text(errors="replace")
+
+    def worker_pids(self) -> List[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._logfile.close()
+        try:
+            os.unlink(self._logfile.name)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def gunicorn() -> Iterator[Callable[..., GunicornServer]]:
+    servers: List[GunicornServer] = []
+
+    def start(app: str, *args: str, **kwargs) -> GunicornServer:
+        server = GunicornServer(app, *args, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5.0, host: str = "127.0.0.1") -> bytes:
+    """Send raw bytes, read until the server closes (or the timeout), return all it sent."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        s.settimeout(timeout)
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+        return b"".join(chunks)
