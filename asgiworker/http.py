@@ -55,6 +55,10 @@ def _status_line(status: int) -> bytes:
 STATUS_LINES = {int(s): _status_line(int(s)) for s in HTTPStatus}
 CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# uri-host [ ":" port ]: an IP literal or a reg-name (RFC 3986), nothing else.
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?")
+_OWS = (b" ", b"\t")
+_SPECIAL_HEADERS = frozenset((b"host", b"transfer-encoding", b"expect"))
 _known_good_names: Dict[bytes, bool] = {}
 
 
@@ -144,7 +148,8 @@ class HttpConnection(asyncio.Protocol):
         # Parsing state of the request whose head or body is arriving now.
         self._url = b""
         self._headers: List[List[bytes]] = []
-        self._header_bytes = 0
+        self._hosts = 0
+        self._transfer_encoding = False
         self._expect_100 = False
         self._parsing: Optional[RequestCycle] = None
         # Response state: the request being answered and those waiting their turn.
@@ -231,7 +236,8 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._header_bytes = 0
+        self._hosts = 0
+        self._transfer_encoding = False
         self._expect_100 = False
         self._head_started = self._last_activity
 
@@ -241,40 +247,52 @@ class HttpConnection(asyncio.Protocol):
             raise _Reject(414, "Request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
         if len(name) + len(value) > self.settings.limit_request_field_size:
             raise _Reject(431, "Request header field too large")
+        if self._parsing is not None:
+            return  # a trailer after a chunked body: never merged into the request's headers
         headers = self._headers
         if len(headers) >= self.settings.limit_request_fields:
             raise _Reject(431, "Too many request header fields")
-        if name == b"expect" and value.lower() == b"100-continue":
-            self._expect_100 = True
+        name = name.lower()
+        if value[-1:] in _OWS:
+            value = value.rstrip(b" \t")
+        if name in _SPECIAL_HEADERS:
+            self._special_header(name, value)
         headers.append([name, value])
+
+    def _special_header(self, name: bytes, value: bytes) -> None:
+        if name == b"host":
+            self._hosts += 1
+            if self._hosts > 1:
+                raise _Reject(400, "More than one Host header")
+            if _HOST.fullmatch(value) is None:
+                raise _Reject(400, "Invalid Host header")
+        elif name == b"transfer-encoding":
+            # Only a lone `chunked` frames a request: anything else is a smuggling vector.
+            codings = [c.strip().lower() for c in value.split(b",")]
+            if self._transfer_encoding or b"chunked" in codings[:-1]:
+                raise _Reject(400, "Invalid Transfer-Encoding")
+            if codings != [b"chunked"]:
+                raise _Reject(501, "Unsupported Transfer-Encoding")
+            self._transfer_encoding = True
+        elif name == b"expect":
+            if value.lower() == b"100-continue":
+                self._expect_100 = True
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         http_version = parser.get_http_version()
-        if http_version != "1.1" and http_version != "1.0":
-            raise _Reject(505, "HTTP version not supported")
-        url = self._url
-        if url[:1] == b"/" and b"?" not in url and b"%" not in url and b"#" not in url:
-            raw_path = url
-            query = b""
-            try:
-                path = url.decode("ascii")
-            except UnicodeDecodeError:
-                path = url.decode("utf-8", "surrogateescape")
+        if http_version == "1.1":
+            if self._hosts != 1:
+                raise _Reject(400, "Missing Host header")
+        elif http_version == "1.0":
+            if self._transfer_encoding:
+                raise _Reject(400, "Transfer-Encoding is not allowed in HTTP/1.0")
         else:
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                raise _Reject(400, "Invalid request target") from None
-            raw_path = parsed.path or b"/"
-            query = parsed.query or b""
-            try:
-                path = unquote_to_bytes(raw_path).decode("utf-8")
-            except UnicodeDecodeError:
-                raise _Reject(400, "Request path is not valid UTF-8") from None
+            raise _Reject(505, "HTTP version not supported")
+        method = parser.get_method().decode("ascii")
+        raw_path, query, path = self._split_target(self._url, method)
         keep_alive = parser.should_keep_alive() and self.settings.keepalive > 0
         scope = {
             "type": "http",
@@ -283,7 +301,7 @@ class HttpConnection(asyncio.Protocol):
             "server": self.server,
             "client": self.client,
             "scheme": self.scheme,
-            "method": parser.get_method().decode("ascii"),
+            "method": method,
             "root_path": self.settings.root_path,
             "path": path,
             "raw_path": raw_path,
@@ -299,6 +317,33 @@ class HttpConnection(asyncio.Protocol):
             self._pipeline.append(cycle)
             if len(self._pipeline) >= MAX_PIPELINED:
                 self._pause_reading()
+
+    @staticmethod
+    def _split_target(url: bytes, method: str) -> "tuple[bytes, bytes, str]":
+        """(raw_path, query_string, path) of a request-target; _Reject if it is not one."""
+        if url[:1] == b"/":  # origin-form, by far the most common
+            if b"#" in url:
+                url = url.split(b"#", 1)[0]
+            raw_path, _, query = url.partition(b"?")
+        elif url == b"*" and method == "OPTIONS":  # asterisk-form
+            return b"*", b"", "*"
+        elif method == "CONNECT":
+            raise _Reject(501, "CONNECT is not supported")
+        else:  # absolute-form: the path and query of the URI
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise _Reject(400, "Invalid request target") from None
+            if parsed.schema not in (b"http", b"https") or not parsed.host:
+                raise _Reject(400, "Invalid request target")
+            raw_path = parsed.path or b"/"
+            query = parsed.query or b""
+        if b"%" not in raw_path:
+            return raw_path, query, raw_path.decode("ascii")
+        try:
+            return raw_path, query, unquote_to_bytes(raw_path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Reject(400, "Request path is not valid UTF-8 once percent-decoded") from None
 
     def on_body(self, body: bytes) -> None:
         cycle = self._parsing
@@ -632,6 +677,9 @@ class RequestCycle:
             self.chunked = True
         else:
             keep_alive = False  # HTTP/1.0 without a length: the end of the body is the close
+        if self.expect_100 and self.more_body:
+            # The client holds back a body we never asked for: what it sends next is unknowable.
+            keep_alive = False
         if not keep_alive:
             parts.append(b"connection: close\r\n")
         elif scope["http_version"] == "1.0":
