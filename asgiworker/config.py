@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from asgiworker.accesslog import access_log_enabled
+
 APP_KIND_ENV = "ASGIWORKER_APP_KIND"
 HEADER_TIMEOUT_ENV = "ASGIWORKER_HEADER_TIMEOUT"
 SERVER_HEADER_ENV = "ASGIWORKER_SERVER_HEADER"
@@ -33,6 +35,7 @@ class Settings:
     root_path: str = ""
     server_header: bytes = b"asgiworker"
     app_kind: str = "auto"
+    access_log: bool = False
 
     @classmethod
     def from_gunicorn(cls, cfg: Any, environ: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -47,6 +50,7 @@ class Settings:
             root_path=getattr(cfg, "root_path", "") or "",
             server_header=environ.get(SERVER_HEADER_ENV, "asgiworker").encode("latin-1"),
             app_kind=environ.get(APP_KIND_ENV, "auto").strip().lower() or "auto",
+            access_log=access_log_enabled(cfg),
         )
 
 

@@ -13,11 +13,13 @@ import re
 from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
+from time import perf_counter
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
 from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from asgiworker.accesslog import log_access
 from asgiworker.config import Settings
 
 ASGIApp = Callable[[Dict[str, Any], Callable[[], Awaitable[Dict[str, Any]]], Callable[[Dict[str, Any]], Awaitable[None]]], Awaitable[None]]
@@ -479,7 +481,7 @@ class RequestCycle:
     __slots__ = (
         "conn", "scope", "keep_alive", "expect_100", "body", "buffered", "more_body", "waiter",
         "disconnected", "response_started", "head_sent", "response_complete", "status", "headers",
-        "chunked", "remaining", "no_body", "task",
+        "chunked", "remaining", "no_body", "task", "started", "sent",
     )
 
     def __init__(self, conn: HttpConnection, scope: Dict[str, Any], keep_alive: bool, expect_100: bool) -> None:
@@ -501,6 +503,9 @@ class RequestCycle:
         self.remaining: Optional[int] = None
         self.no_body = False
         self.task: Optional[asyncio.Task] = None
+        self.sent = 0
+        # Timing is only paid for when someone reads it.
+        self.started = perf_counter() if conn.settings.access_log else 0.0
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -546,9 +551,17 @@ class RequestCycle:
         if self.disconnected or conn._closed:
             return
         if self.head_sent:
+            self._log_access(self.status)
             conn.abort()
         else:
+            self._log_access(500)
             conn._send_and_close(error_response(500, "Internal Server Error", conn.state.default_headers))
+
+    def _log_access(self, status: int) -> None:
+        conn = self.conn
+        if conn.settings.access_log:
+            log_access(conn.state.log, self.scope, status, self.headers if self.head_sent else (),
+                       self.sent, perf_counter() - self.started)
 
     # -- ASGI receive -------------------------------------------------------------------------
 
@@ -622,6 +635,8 @@ class RequestCycle:
             self.keep_alive = False
         self.response_complete = True
         self.body = []
+        if conn.settings.access_log:
+            self._log_access(self.status)
         conn.state.request_done()
         conn.response_complete(self)
 
@@ -695,22 +710,31 @@ class RequestCycle:
             return
         if self.chunked:
             if body:
+                self.sent = len(body)
                 head += b"%x\r\n" % len(body) + bytes(body) + b"\r\n"
             if not more_body:
                 head += b"0\r\n\r\n"
             conn.transport.write(head)
             return
-        conn.transport.write(head + self._bounded(body) if body else head)
+        if body:
+            body = self._bounded(body)
+            self.sent = len(body)
+            conn.transport.write(head + body)
+        else:
+            conn.transport.write(head)
 
     def _write_body(self, body: bytes, more_body: bool) -> None:
         if self.no_body or self.scope["method"] == "HEAD":
             return
         transport = self.conn.transport
         if self.chunked:
+            self.sent += len(body)
             tail = b"\r\n0\r\n\r\n" if not more_body else b"\r\n"
             transport.write(b"%x\r\n" % len(body) + bytes(body) + tail)
         else:
-            transport.write(self._bounded(body))
+            body = self._bounded(body)
+            self.sent += len(body)
+            transport.write(body)
 
     def _bounded(self, body: bytes) -> bytes:
         """Never send past the declared Content-Length."""
