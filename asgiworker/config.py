@@ -17,6 +17,8 @@ from asgiworker.accesslog import access_log_enabled
 APP_KIND_ENV = "ASGIWORKER_APP_KIND"
 HEADER_TIMEOUT_ENV = "ASGIWORKER_HEADER_TIMEOUT"
 SERVER_HEADER_ENV = "ASGIWORKER_SERVER_HEADER"
+LIFESPAN_ENV = "ASGIWORKER_LIFESPAN"
+LIFESPAN_MODES = ("auto", "on", "off")
 
 
 class ConfigurationError(Exception):
@@ -36,6 +38,7 @@ class Settings:
     server_header: bytes = b"asgiworker"
     app_kind: str = "auto"
     access_log: bool = False
+    lifespan: str = "auto"
 
     @classmethod
     def from_gunicorn(cls, cfg: Any, environ: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -51,7 +54,18 @@ class Settings:
             server_header=environ.get(SERVER_HEADER_ENV, "asgiworker").encode("latin-1"),
             app_kind=environ.get(APP_KIND_ENV, "auto").strip().lower() or "auto",
             access_log=access_log_enabled(cfg),
+            lifespan=_lifespan_mode(cfg, environ),
         )
+
+
+def _lifespan_mode(cfg: Any, environ: Mapping[str, str]) -> str:
+    # Our variable wins; else Gunicorn's own `--asgi-lifespan` where the installed Gunicorn has it.
+    raw = environ.get(LIFESPAN_ENV) or getattr(cfg, "asgi_lifespan", None) or "auto"
+    mode = str(raw).strip().lower()
+    if mode not in LIFESPAN_MODES:
+        raise ConfigurationError(f"Lifespan mode {raw!r} is not one of {', '.join(LIFESPAN_MODES)}: "
+                                 f"set {LIFESPAN_ENV} (or --asgi-lifespan) to one of them")
+    return mode
 
 
 def _positive_float(environ: Mapping[str, str], name: str, default: float) -> float:

@@ -105,6 +105,8 @@ class ServerState:
         self.max_requests = max_requests
         self.on_max_requests = on_max_requests
         self.default_headers = b""
+        # Set by the worker when the app's lifespan startup filled a state (copied per request).
+        self.lifespan_state: Optional[Dict[str, Any]] = None
         self.update_date()
 
     def update_date(self) -> None:
@@ -310,6 +312,8 @@ class HttpConnection(asyncio.Protocol):
             "query_string": query,
             "headers": self._headers,
         }
+        if self.state.lifespan_state is not None:
+            scope["state"] = self.state.lifespan_state.copy()
         cycle = RequestCycle(self, scope, keep_alive, self._expect_100 and http_version == "1.1")
         self._parsing = cycle
         self._head_started = None

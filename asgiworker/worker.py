@@ -20,6 +20,7 @@ from gunicorn.workers import base
 from asgiworker import adapters
 from asgiworker.config import ConfigurationError, Settings
 from asgiworker.http import HttpConnection, ServerState
+from asgiworker.lifespan import Lifespan, LifespanFailed
 
 
 class ASGIWorker(base.Worker):
@@ -34,6 +35,7 @@ class ASGIWorker(base.Worker):
         self.asgi: Any = None
         self._stopped: asyncio.Event = None  # type: ignore[assignment]
         self._quick_exit = False
+        self._boot_failed = False
 
     # -- boot -----------------------------------------------------------------------------------
 
@@ -103,7 +105,8 @@ class ASGIWorker(base.Worker):
                 self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         finally:
             self.loop.close()
-        sys.exit(0)
+        # A failed lifespan startup halts Gunicorn instead of respawning us forever.
+        sys.exit(Arbiter.WORKER_BOOT_ERROR if self._boot_failed else 0)
 
     async def _serve(self) -> None:
         loop = self.loop
@@ -111,6 +114,15 @@ class ASGIWorker(base.Worker):
         self.state = ServerState(self.asgi, self.settings, self.log, loop,
                                  max_requests=self.max_requests if self.max_requests < sys.maxsize else 0,
                                  on_max_requests=self._on_max_requests)
+        lifespan = Lifespan(self.asgi, self.log, self.settings.lifespan)
+        try:
+            await lifespan.startup()
+        except LifespanFailed as exc:
+            self.log.error("%s", exc)
+            self._boot_failed = True
+            return
+        if lifespan.supported:
+            self.state.lifespan_state = lifespan.state
         ssl_context = self._ssl_context()
         state = self.state
         for listener in self.sockets:
@@ -121,6 +133,7 @@ class ASGIWorker(base.Worker):
             self.servers.append(server)
         await self._tick_until_stopped()
         await self._shutdown()
+        await lifespan.shutdown(self.cfg.graceful_timeout)
 
     def _ssl_context(self) -> Any:
         if not self.cfg.is_ssl:
