@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from asgiworker.accesslog import access_log_enabled
+from asgiworker.proxy import ProxyPolicy
 
 APP_KIND_ENV = "ASGIWORKER_APP_KIND"
 HEADER_TIMEOUT_ENV = "ASGIWORKER_HEADER_TIMEOUT"
@@ -39,6 +40,8 @@ class Settings:
     app_kind: str = "auto"
     access_log: bool = False
     lifespan: str = "auto"
+    worker_connections: int = 1000
+    proxy: Optional[ProxyPolicy] = None
 
     @classmethod
     def from_gunicorn(cls, cfg: Any, environ: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -55,6 +58,8 @@ class Settings:
             app_kind=environ.get(APP_KIND_ENV, "auto").strip().lower() or "auto",
             access_log=access_log_enabled(cfg),
             lifespan=_lifespan_mode(cfg, environ),
+            worker_connections=int(cfg.worker_connections),
+            proxy=ProxyPolicy.from_gunicorn(cfg),
         )
 
 

@@ -14,7 +14,7 @@ from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
 from time import perf_counter
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -105,6 +105,8 @@ class ServerState:
         self.max_requests = max_requests
         self.on_max_requests = on_max_requests
         self.default_headers = b""
+        proxy = settings.proxy
+        self.proxied_headers = _SPECIAL_HEADERS | proxy.header_names if proxy else _SPECIAL_HEADERS
         # Set by the worker when the app's lifespan startup filled a state (copied per request).
         self.lifespan_state: Optional[Dict[str, Any]] = None
         self.update_date()
@@ -155,6 +157,8 @@ class HttpConnection(asyncio.Protocol):
         self._hosts = 0
         self._transfer_encoding = False
         self._expect_100 = False
+        self._special = _SPECIAL_HEADERS
+        self._forwarded: Optional[List[Tuple[bytes, bytes]]] = None
         self._parsing: Optional[RequestCycle] = None
         # Response state: the request being answered and those waiting their turn.
         self._active: Optional[RequestCycle] = None
@@ -184,6 +188,15 @@ class HttpConnection(asyncio.Protocol):
             self.server = (sock, None)
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
+        proxy = self.settings.proxy
+        if proxy is not None and proxy.trusts(self.client[0] if self.client else None):
+            self._special = self.state.proxied_headers
+        if len(self.state.connections) > self.settings.worker_connections:
+            # Over Gunicorn's worker_connections: say so at once rather than queue the client.
+            self.state.log.warning("worker_connections (%d) reached: answering 503", self.settings.worker_connections)
+            self._ignore_input = True
+            self._send_and_close(error_response(503, "Service Unavailable: too many connections",
+                                                self.state.default_headers))
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self._closed = True
@@ -261,7 +274,7 @@ class HttpConnection(asyncio.Protocol):
         name = name.lower()
         if value[-1:] in _OWS:
             value = value.rstrip(b" \t")
-        if name in _SPECIAL_HEADERS:
+        if name in self._special:
             self._special_header(name, value)
         headers.append([name, value])
 
@@ -283,6 +296,10 @@ class HttpConnection(asyncio.Protocol):
         elif name == b"expect":
             if value.lower() == b"100-continue":
                 self._expect_100 = True
+        else:  # a proxy header from a trusted peer
+            if self._forwarded is None:
+                self._forwarded = []
+            self._forwarded.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -298,13 +315,18 @@ class HttpConnection(asyncio.Protocol):
         method = parser.get_method().decode("ascii")
         raw_path, query, path = self._split_target(self._url, method)
         keep_alive = parser.should_keep_alive() and self.settings.keepalive > 0
+        client = self.client
+        scheme = self.scheme
+        if self._forwarded is not None:
+            client, scheme = self.settings.proxy.apply(self._forwarded, client, scheme)  # type: ignore[union-attr]
+            self._forwarded = None
         scope = {
             "type": "http",
             "asgi": ASGI_VERSION,
             "http_version": http_version,
             "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
+            "client": client,
+            "scheme": scheme,
             "method": method,
             "root_path": self.settings.root_path,
             "path": path,
@@ -466,7 +488,7 @@ class HttpConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         self._closing = True
-        if self._active is None and not self._pipeline:
+        if self._active is None and not self._pipeline and self._head_started is None and self._parsing is None:
             self._close()
 
     def abort(self) -> None:
@@ -627,7 +649,7 @@ class RequestCycle:
             self._write_head_and_body(body, more_body)
         elif body:
             self._write_body(body, more_body)
-        elif not more_body and self.chunked:
+        elif not more_body and self.chunked and not self.no_body:
             conn.transport.write(b"0\r\n\r\n")
         if more_body:
             if conn._writing_paused:
@@ -709,6 +731,8 @@ class RequestCycle:
         head = b"".join(parts)
         self.head_sent = True
         if head_request or self.no_body:
+            # HEAD gets the headers GET would get, and never a byte of body or chunk framing.
+            self.no_body = True
             conn.transport.write(head)
             self.remaining = None
             return
@@ -728,7 +752,7 @@ class RequestCycle:
             conn.transport.write(head)
 
     def _write_body(self, body: bytes, more_body: bool) -> None:
-        if self.no_body or self.scope["method"] == "HEAD":
+        if self.no_body:
             return
         transport = self.conn.transport
         if self.chunked:

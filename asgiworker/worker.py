@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import sys
+import traceback
 from typing import Any, List
 
 import uvloop
@@ -46,11 +47,29 @@ class ASGIWorker(base.Worker):
         asyncio.set_event_loop(self.loop)
         super().init_process()
 
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        # Settings that mean nothing under an event loop get a warning, not silence.
+        if cfg.threads > 1:
+            log.warning("asgiworker ignores --threads (%d): one event loop serves all connections; "
+                        "use --worker-connections to bound them", cfg.threads)
+
     def load_wsgi(self) -> None:
         """Load the application and adapt it; a bad configuration stops Gunicorn at boot."""
-        super().load_wsgi()
         try:
             self.settings = Settings.from_gunicorn(self.cfg)
+            try:
+                self.wsgi = self.app.wsgi()
+            except SyntaxError as exc:
+                if not self.cfg.reload:
+                    raise
+                # Under --reload a typo must not kill the worker: serve the traceback as a 500
+                # and keep watching the file, so that saving the fix brings the app back.
+                self.log.exception("Syntax error while loading the application")
+                if self.reloader is not None and exc.filename:
+                    self.reloader.add_extra_file(exc.filename)
+                self.asgi = adapters.error_app("".join(traceback.format_exception(exc)))
+                return
             self.asgi = adapters.load(self.wsgi, self.settings.app_kind)
         except (adapters.AppKindError, ConfigurationError) as exc:
             self.log.error("asgiworker cannot start: %s", exc)

@@ -16,7 +16,7 @@ from asgiworker.adapters.detect import KINDS, AppKindError, ForcedKind, detect_k
 
 __all__ = [
     "AppKindError", "ChannelLayer", "ReplyChannel", "ResponseAlreadySent", "KINDS",
-    "asgi2", "asgi3", "consumer", "detect_kind", "load",
+    "asgi2", "asgi3", "consumer", "detect_kind", "error_app", "load",
 ]
 
 
@@ -54,3 +54,17 @@ def load(app: Any, kind: str = "auto") -> Callable[..., Any]:
     if kind == "asgi2":
         return asgi2_to_asgi3(app)
     return ConsumerAdapter(app)
+
+
+def error_app(text: str) -> Callable[..., Any]:
+    """An ASGI 3 app answering every request with 500 and ``text`` (used while code is broken)."""
+    body = text.encode("utf-8", "replace")
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("the application failed to load")
+        await send({"type": "http.response.start", "status": 500,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app

@@ -1,0 +1,71 @@
+"""Proxy headers from trusted peers: Gunicorn's `forwarded_allow_ips` and `secure_scheme_headers`.
+
+Only a peer listed in `forwarded_allow_ips` (addresses or networks, `*` for any; UNIX-socket peers
+count as trusted, as in Gunicorn) may set the scheme (through `secure_scheme_headers`, and
+`X-Forwarded-Proto`) and the client address (through `X-Forwarded-For`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+FORWARDED_FOR = b"x-forwarded-for"
+FORWARDED_PROTO = b"x-forwarded-proto"
+
+
+class ProxyPolicy:
+    def __init__(self, allow: Iterable[str], secure_scheme_headers: Dict[str, str]) -> None:
+        allow = [a.strip() for a in allow if a and a.strip()]
+        self.any = "*" in allow
+        self.networks = []
+        for entry in allow:
+            if entry == "*":
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                pass  # Gunicorn validated the setting already; skip what is not an address
+        self.secure = {k.lower().encode("latin-1"): v.lower().encode("latin-1")
+                       for k, v in (secure_scheme_headers or {}).items()}
+        self.header_names = frozenset((FORWARDED_FOR, FORWARDED_PROTO, *self.secure))
+
+    @classmethod
+    def from_gunicorn(cls, cfg: Any) -> "ProxyPolicy":
+        allow = cfg.forwarded_allow_ips
+        if isinstance(allow, str):
+            allow = allow.split(",")
+        return cls(allow, cfg.secure_scheme_headers)
+
+    def trusts(self, host: Optional[str]) -> bool:
+        if host is None:
+            return True  # a UNIX socket: only local processes can reach it
+        if self.any:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def apply(self, found: List[Tuple[bytes, bytes]], client: Any, scheme: str) -> "tuple[Any, str]":
+        """The (client, scheme) a trusted proxy's headers say."""
+        for name, value in found:
+            if name == FORWARDED_FOR:
+                client = self._client_from(value, client)
+            elif name == FORWARDED_PROTO:
+                proto = value.split(b",")[-1].strip().lower()
+                if proto in (b"http", b"https"):
+                    scheme = proto.decode("ascii")
+            elif self.secure.get(name) == value.strip().lower():
+                scheme = "https"
+        return client, scheme
+
+    def _client_from(self, value: bytes, client: Any) -> Any:
+        hops = [h.strip() for h in value.decode("latin-1").split(",") if h.strip()]
+        # The rightmost hop we do not trust is the real client: anything left of it is whatever
+        # the client chose to write.
+        for hop in reversed(hops):
+            if not self.trusts(hop):
+                return (hop, 0)
+        return (hops[0], 0) if hops else client
