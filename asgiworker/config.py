@@ -14,11 +14,13 @@ from typing import Any, Mapping, Optional
 
 from asgiworker.accesslog import access_log_enabled
 from asgiworker.proxy import ProxyPolicy
+from asgiworker.tls import read_server_cert
 
 APP_KIND_ENV = "ASGIWORKER_APP_KIND"
 HEADER_TIMEOUT_ENV = "ASGIWORKER_HEADER_TIMEOUT"
 SERVER_HEADER_ENV = "ASGIWORKER_SERVER_HEADER"
 LIFESPAN_ENV = "ASGIWORKER_LIFESPAN"
+ROOT_PATH_ENV = "ASGIWORKER_ROOT_PATH"
 LIFESPAN_MODES = ("auto", "on", "off")
 
 
@@ -42,6 +44,7 @@ class Settings:
     lifespan: str = "auto"
     worker_connections: int = 1000
     proxy: Optional[ProxyPolicy] = None
+    server_cert: Optional[str] = None
 
     @classmethod
     def from_gunicorn(cls, cfg: Any, environ: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -53,13 +56,14 @@ class Settings:
             limit_request_line=int(cfg.limit_request_line) or 1 << 30,
             limit_request_fields=int(cfg.limit_request_fields) or 1 << 30,
             limit_request_field_size=int(cfg.limit_request_field_size) or 1 << 30,
-            root_path=getattr(cfg, "root_path", "") or "",
+            root_path=environ.get(ROOT_PATH_ENV) or getattr(cfg, "root_path", "") or "",
             server_header=environ.get(SERVER_HEADER_ENV, "asgiworker").encode("latin-1"),
             app_kind=environ.get(APP_KIND_ENV, "auto").strip().lower() or "auto",
             access_log=access_log_enabled(cfg),
             lifespan=_lifespan_mode(cfg, environ),
             worker_connections=int(cfg.worker_connections),
             proxy=ProxyPolicy.from_gunicorn(cfg),
+            server_cert=read_server_cert(cfg.certfile) if cfg.is_ssl else None,
         )
 
 

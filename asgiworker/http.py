@@ -21,6 +21,7 @@ import httptools
 
 from asgiworker.accesslog import log_access
 from asgiworker.config import Settings
+from asgiworker.tls import tls_extension
 
 ASGIApp = Callable[[Dict[str, Any], Callable[[], Awaitable[Dict[str, Any]]], Callable[[Dict[str, Any]], Awaitable[None]]], Awaitable[None]]
 
@@ -158,6 +159,7 @@ class HttpConnection(asyncio.Protocol):
         self._transfer_encoding = False
         self._expect_100 = False
         self._special = _SPECIAL_HEADERS
+        self._extensions: Optional[Dict[str, Any]] = None
         self._forwarded: Optional[List[Tuple[bytes, bytes]]] = None
         self._parsing: Optional[RequestCycle] = None
         # Response state: the request being answered and those waiting their turn.
@@ -186,8 +188,10 @@ class HttpConnection(asyncio.Protocol):
             self.server = (str(sock[0]), int(sock[1]))
         elif isinstance(sock, str) and sock:
             self.server = (sock, None)
-        if transport.get_extra_info("sslcontext") is not None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
             self.scheme = "https"
+            self._extensions = {"tls": tls_extension(ssl_object, self.settings.server_cert)}
         proxy = self.settings.proxy
         if proxy is not None and proxy.trusts(self.client[0] if self.client else None):
             self._special = self.state.proxied_headers
@@ -336,6 +340,8 @@ class HttpConnection(asyncio.Protocol):
         }
         if self.state.lifespan_state is not None:
             scope["state"] = self.state.lifespan_state.copy()
+        if self._extensions is not None:
+            scope["extensions"] = self._extensions
         cycle = RequestCycle(self, scope, keep_alive, self._expect_100 and http_version == "1.1")
         self._parsing = cycle
         self._head_started = None
