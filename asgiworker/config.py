@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 
 from asgiworker.accesslog import access_log_enabled
 from asgiworker.proxy import ProxyPolicy
+from asgiworker.proxy_protocol import mode_from_gunicorn
 from asgiworker.tls import read_server_cert
 
 APP_KIND_ENV = "ASGIWORKER_APP_KIND"
@@ -45,6 +46,8 @@ class Settings:
     worker_connections: int = 1000
     proxy: Optional[ProxyPolicy] = None
     server_cert: Optional[str] = None
+    proxy_protocol: str = "off"
+    proxy_protocol_peers: Optional[ProxyPolicy] = None
 
     @classmethod
     def from_gunicorn(cls, cfg: Any, environ: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -64,6 +67,8 @@ class Settings:
             worker_connections=int(cfg.worker_connections),
             proxy=ProxyPolicy.from_gunicorn(cfg),
             server_cert=read_server_cert(cfg.certfile) if cfg.is_ssl else None,
+            proxy_protocol=mode_from_gunicorn(cfg),
+            proxy_protocol_peers=ProxyPolicy(_as_list(getattr(cfg, "proxy_allow_ips", ["127.0.0.1"])), {}),
         )
 
 
@@ -88,3 +93,7 @@ def _positive_float(environ: Mapping[str, str], name: str, default: float) -> fl
     if value <= 0:
         raise ConfigurationError(f"{name}={raw!r} is not a positive number of seconds; set it to e.g. 10")
     return value
+
+
+def _as_list(value: Any) -> "list[str]":
+    return value.split(",") if isinstance(value, str) else list(value or ())

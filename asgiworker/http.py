@@ -19,6 +19,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from asgiworker import proxy_protocol
 from asgiworker.accesslog import log_access
 from asgiworker.config import Settings
 from asgiworker.tls import tls_extension
@@ -160,6 +161,7 @@ class HttpConnection(asyncio.Protocol):
         self._expect_100 = False
         self._special = _SPECIAL_HEADERS
         self._extensions: Optional[Dict[str, Any]] = None
+        self._proxy_buffer: Optional[bytes] = b"" if self.settings.proxy_protocol != "off" else None
         self._forwarded: Optional[List[Tuple[bytes, bytes]]] = None
         self._parsing: Optional[RequestCycle] = None
         # Response state: the request being answered and those waiting their turn.
@@ -225,6 +227,10 @@ class HttpConnection(asyncio.Protocol):
         if self._ignore_input:
             return
         self._last_activity = self.loop.time()
+        if self._proxy_buffer is not None:
+            data = self._read_proxy_header(data)
+            if not data:
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -244,6 +250,28 @@ class HttpConnection(asyncio.Protocol):
             self._protocol_error(400, "Invalid HTTP method")
         except httptools.HttpParserError as exc:
             self._protocol_error(400, "Invalid HTTP request: %s" % exc)
+
+    def _read_proxy_header(self, data: bytes) -> bytes:
+        """Strip a PROXY protocol header off the connection's first bytes; return the rest."""
+        buffer = self._proxy_buffer + data  # type: ignore[operator]
+        try:
+            result = proxy_protocol.parse(buffer, self.settings.proxy_protocol)
+        except proxy_protocol.ProxyHeaderError as exc:
+            self._protocol_error(400, str(exc))
+            return b""
+        if result is None:
+            self._proxy_buffer = buffer
+            return b""
+        self._proxy_buffer = None
+        consumed, client, server = result
+        if consumed:
+            peers = self.settings.proxy_protocol_peers
+            if peers is not None and not peers.trusts(self.client[0] if self.client else None):
+                self._protocol_error(403, "PROXY protocol header not allowed from this peer")
+                return b""
+            self.client = client or self.client
+            self.server = server or self.server
+        return buffer[consumed:]
 
     def pause_writing(self) -> None:
         self._writing_paused = True
