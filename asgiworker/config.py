@@ -22,6 +22,11 @@ HEADER_TIMEOUT_ENV = "ASGIWORKER_HEADER_TIMEOUT"
 SERVER_HEADER_ENV = "ASGIWORKER_SERVER_HEADER"
 LIFESPAN_ENV = "ASGIWORKER_LIFESPAN"
 ROOT_PATH_ENV = "ASGIWORKER_ROOT_PATH"
+WS_MAX_SIZE_ENV = "ASGIWORKER_WS_MAX_SIZE"
+WS_MAX_QUEUE_ENV = "ASGIWORKER_WS_MAX_QUEUE"
+WS_PING_INTERVAL_ENV = "ASGIWORKER_WS_PING_INTERVAL"
+WS_PING_TIMEOUT_ENV = "ASGIWORKER_WS_PING_TIMEOUT"
+WS_DEFLATE_ENV = "ASGIWORKER_WS_PER_MESSAGE_DEFLATE"
 LIFESPAN_MODES = ("auto", "on", "off")
 
 
@@ -47,6 +52,11 @@ class Settings:
     proxy: Optional[ProxyPolicy] = None
     server_cert: Optional[str] = None
     proxy_protocol: str = "off"
+    ws_max_size: int = 16 * 1024 * 1024
+    ws_max_queue: int = 32
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    ws_per_message_deflate: bool = False
     proxy_protocol_peers: Optional[ProxyPolicy] = None
 
     @classmethod
@@ -68,6 +78,12 @@ class Settings:
             proxy=ProxyPolicy.from_gunicorn(cfg),
             server_cert=read_server_cert(cfg.certfile) if cfg.is_ssl else None,
             proxy_protocol=mode_from_gunicorn(cfg),
+            ws_max_size=_positive_int(environ, WS_MAX_SIZE_ENV,
+                                      int(getattr(cfg, "websocket_max_message_size", 0) or 16 * 1024 * 1024)),
+            ws_max_queue=_positive_int(environ, WS_MAX_QUEUE_ENV, 32),
+            ws_ping_interval=_seconds(environ, WS_PING_INTERVAL_ENV, 20.0, allow_zero=True),
+            ws_ping_timeout=_positive_float(environ, WS_PING_TIMEOUT_ENV, 20.0),
+            ws_per_message_deflate=_flag(environ, WS_DEFLATE_ENV, False),
             proxy_protocol_peers=ProxyPolicy(_as_list(getattr(cfg, "proxy_allow_ips", ["127.0.0.1"])), {}),
         )
 
@@ -82,7 +98,7 @@ def _lifespan_mode(cfg: Any, environ: Mapping[str, str]) -> str:
     return mode
 
 
-def _positive_float(environ: Mapping[str, str], name: str, default: float) -> float:
+def _seconds(environ: Mapping[str, str], name: str, default: float, allow_zero: bool = False) -> float:
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -90,9 +106,39 @@ def _positive_float(environ: Mapping[str, str], name: str, default: float) -> fl
         value = float(raw)
     except ValueError:
         value = -1.0
-    if value <= 0:
-        raise ConfigurationError(f"{name}={raw!r} is not a positive number of seconds; set it to e.g. 10")
+    if value < 0 or (value == 0 and not allow_zero):
+        what = "zero (off) or a positive" if allow_zero else "a positive"
+        raise ConfigurationError(f"{name}={raw!r} is not {what} number of seconds; set it to e.g. 10")
     return value
+
+
+def _positive_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    return _seconds(environ, name, default)
+
+
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigurationError(f"{name}={raw!r} is not a positive whole number; set it to e.g. {default}")
+    return value
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name}={raw!r} is not a yes/no value; set it to 1 or 0")
 
 
 def _as_list(value: Any) -> "list[str]":

@@ -22,7 +22,9 @@ import httptools
 from asgiworker import proxy_protocol
 from asgiworker.accesslog import log_access
 from asgiworker.config import Settings
+from asgiworker.errors import ClientDisconnected
 from asgiworker.tls import tls_extension
+from asgiworker.websocket import WebSocketSession, build_raw_request, is_websocket_upgrade, websocket_scope
 
 ASGIApp = Callable[[Dict[str, Any], Callable[[], Awaitable[Dict[str, Any]]], Callable[[Dict[str, Any]], Awaitable[None]]], Awaitable[None]]
 
@@ -33,10 +35,6 @@ BODY_LOW_WATER = 64 * 1024
 MAX_PIPELINED = 16
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
-
-
-class ClientDisconnected(OSError):
-    """The client went away: raised by ``send()`` so that a streaming app stops (ASGI 2.4)."""
 
 
 class _Reject(Exception):
@@ -62,7 +60,7 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # uri-host [ ":" port ]: an IP literal or a reg-name (RFC 3986), nothing else.
 _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?")
 _OWS = (b" ", b"\t")
-_SPECIAL_HEADERS = frozenset((b"host", b"transfer-encoding", b"expect"))
+_SPECIAL_HEADERS = frozenset((b"host", b"transfer-encoding", b"expect", b"upgrade"))
 _known_good_names: Dict[bytes, bool] = {}
 
 
@@ -160,6 +158,9 @@ class HttpConnection(asyncio.Protocol):
         self._transfer_encoding = False
         self._expect_100 = False
         self._special = _SPECIAL_HEADERS
+        self._upgrade: Optional[bytes] = None
+        self._websocket: Optional[WebSocketSession] = None
+        self._websocket_leftover = b""
         self._extensions: Optional[Dict[str, Any]] = None
         self._proxy_buffer: Optional[bytes] = b"" if self.settings.proxy_protocol != "off" else None
         self._forwarded: Optional[List[Tuple[bytes, bytes]]] = None
@@ -233,10 +234,15 @@ class HttpConnection(asyncio.Protocol):
                 return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Protocol switching is not served (yet): the request is answered as plain HTTP and
-            # the connection closes after it, since what follows is not HTTP/1.1.
+        except httptools.HttpParserUpgrade as exc:
             self._ignore_input = True
+            if self._websocket is not None:
+                self._websocket_leftover = data[exc.args[0]:] if exc.args else b""
+                if self._active is None and not self._pipeline:
+                    self._hand_over_to_websocket()
+                return
+            # Other protocol switches (h2c, CONNECT) are not served: the request is answered as
+            # plain HTTP and the connection closes after it, since what follows is not HTTP/1.1.
             last = self._pipeline[-1] if self._pipeline else self._active
             if last is not None:
                 last.keep_alive = False
@@ -288,6 +294,7 @@ class HttpConnection(asyncio.Protocol):
         self._hosts = 0
         self._transfer_encoding = False
         self._expect_100 = False
+        self._upgrade = None
         self._head_started = self._last_activity
 
     def on_url(self, url: bytes) -> None:
@@ -328,6 +335,8 @@ class HttpConnection(asyncio.Protocol):
         elif name == b"expect":
             if value.lower() == b"100-continue":
                 self._expect_100 = True
+        elif name == b"upgrade":
+            self._upgrade = value
         else:  # a proxy header from a trusted peer
             if self._forwarded is None:
                 self._forwarded = []
@@ -370,6 +379,13 @@ class HttpConnection(asyncio.Protocol):
             scope["state"] = self.state.lifespan_state.copy()
         if self._extensions is not None:
             scope["extensions"] = self._extensions
+        if self._upgrade is not None and method == "GET" and parser.should_upgrade() \
+                and is_websocket_upgrade(self._upgrade):
+            # Handed over once httptools stops at the upgrade (see data_received).
+            self._websocket = WebSocketSession(self.state, websocket_scope(scope),
+                                               build_raw_request(method, self._url, self._headers))
+            self._head_started = None
+            return
         cycle = RequestCycle(self, scope, keep_alive, self._expect_100 and http_version == "1.1")
         self._parsing = cycle
         self._head_started = None
@@ -443,6 +459,9 @@ class HttpConnection(asyncio.Protocol):
             self._start(self._pipeline.popleft())
             self._maybe_resume_reading()
             return
+        if self._websocket is not None:
+            self._hand_over_to_websocket()
+            return
         if self._pending_error is not None:
             self._send_and_close(self._pending_error)
             return
@@ -451,6 +470,14 @@ class HttpConnection(asyncio.Protocol):
             return
         self._last_activity = self.loop.time()
         self._maybe_resume_reading()
+
+    def _hand_over_to_websocket(self) -> None:
+        session, self._websocket = self._websocket, None
+        self.state.connections.discard(self)
+        self._closed = True  # this object no longer owns the transport
+        if self._reading_paused:
+            self.transport.resume_reading()
+        session.start(self.transport, self._websocket_leftover)  # type: ignore[union-attr]
 
     def _protocol_error(self, status: int, reason: str) -> None:
         self._ignore_input = True

@@ -1,0 +1,415 @@
+"""WebSocket connections (ASGI WebSocket spec 2.4) on the sans-I/O protocol of `websockets`.
+
+The HTTP layer parses the upgrade request, then hands the transport to a ``WebSocketSession``.
+Framing, masking, control frames, close handshake and permessage-deflate are the library's; we own
+the ASGI side: message assembly with a size limit, the bounded receive queue with backpressure,
+server pings, the denial response, and shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from http import HTTPStatus
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from asgiworker.errors import ClientDisconnected
+
+HANDSHAKE_TIMEOUT_CLOSE = 1006
+
+
+def _simple_response(status: int, body: bytes, extra: bytes = b"") -> bytes:
+    phrase = HTTPStatus(status).phrase.encode("ascii")
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n%s\r\n%s" % (status, phrase, len(body), extra, body))
+
+
+class WebSocketSession(asyncio.Protocol):
+    """One upgraded connection: the ASGI ``receive``/``send`` pair of a websocket scope."""
+
+    def __init__(self, state: Any, scope: Dict[str, Any], raw_request: bytes) -> None:
+        self.state = state
+        self.loop: asyncio.AbstractEventLoop = state.loop
+        self.settings = state.settings
+        self.scope = scope
+        self.transport: Any = None
+        extensions = [ServerPerMessageDeflateFactory()] if self.settings.ws_per_message_deflate else []
+        # The library enforces the limit per frame; we enforce it per message below too.
+        self.protocol = ServerProtocol(extensions=extensions, max_size=self.settings.ws_max_size)
+        self._raw_request = raw_request
+        self._handshake: Any = None
+        self._inbox: Deque[Dict[str, Any]] = deque()
+        self._waiter: Optional[asyncio.Future] = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiter: Optional[asyncio.Future] = None
+        self._fragments: List[bytes] = []
+        self._fragment_size = 0
+        self._fragment_text = False
+        self._accepted = False
+        self._responded = False  # a denial or handshake response went out instead of 101
+        self._denial_status: Optional[int] = None
+        self._denial_headers: Any = ()
+        self._denial_body: List[bytes] = []
+        self._disconnected = False
+        self._close_code: Optional[int] = None
+        self._close_reason = ""
+        self._ping_sent_at: Optional[float] = None
+        self._last_ping = self.loop.time()
+        self.task: Optional[asyncio.Task] = None
+
+    # -- takeover from the HTTP connection ----------------------------------------------------
+
+    def start(self, transport: Any, leftover: bytes) -> None:
+        self.transport = transport
+        transport.set_protocol(self)
+        self.state.connections.add(self)
+        version = _header(self.scope["headers"], b"sec-websocket-version")
+        if version != b"13":
+            self._respond_and_close(_simple_response(426, b"Unsupported WebSocket version\n",
+                                                     b"sec-websocket-version: 13\r\n"))
+            return
+        self.protocol.receive_data(self._raw_request)
+        events = self.protocol.events_received()
+        request = events[0] if events and isinstance(events[0], Request) else None
+        if request is None:
+            self._respond_and_close(_simple_response(400, b"Invalid WebSocket handshake\n"))
+            return
+        response = self.protocol.accept(request)
+        if response.status_code != 101:
+            self._respond_and_close(_simple_response(response.status_code, response.body))
+            return
+        self._handshake = response
+        self._enqueue({"type": "websocket.connect"})
+        self.task = self.loop.create_task(self.run())
+        if leftover:
+            self.data_received(leftover)
+
+    # -- transport callbacks ------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        if not self._accepted:
+            # Frames sent before our answer wait in the library's buffer until we accept.
+            self._early = getattr(self, "_early", b"") + data
+            return
+        protocol.receive_data(data)
+        for frame in protocol.events_received():
+            self._on_frame(frame)
+        self._flush()
+
+    def _on_frame(self, frame: Any) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+            if opcode is not Opcode.CONT:
+                self._fragment_text = opcode is Opcode.TEXT
+                self._fragments = []
+                self._fragment_size = 0
+            self._fragments.append(frame.data)
+            self._fragment_size += len(frame.data)
+            if self._fragment_size > self.settings.ws_max_size:
+                self.protocol.fail(1009, "message too big")
+                self._fragments = []
+                return
+            if not frame.fin:
+                return
+            payload = self._fragments[0] if len(self._fragments) == 1 else b"".join(self._fragments)
+            self._fragments = []
+            if self._fragment_text:
+                try:
+                    text = bytes(payload).decode("utf-8")
+                except UnicodeDecodeError:
+                    self.protocol.fail(1007, "invalid UTF-8")
+                    return
+                self._enqueue({"type": "websocket.receive", "text": text})
+            else:
+                self._enqueue({"type": "websocket.receive", "bytes": bytes(payload)})
+            if len(self._inbox) >= self.settings.ws_max_queue and not self._reading_paused:
+                self._reading_paused = True
+                self.transport.pause_reading()
+        elif opcode is Opcode.PONG:
+            self._ping_sent_at = None
+        elif opcode is Opcode.CLOSE:
+            rcvd = self.protocol.close_rcvd
+            self._set_close(rcvd.code if rcvd is not None else 1005, rcvd.reason if rcvd is not None else "")
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.state.connections.discard(self)
+        self._set_close(self._close_code or 1006, self._close_reason)
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the ASGI application -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self.state.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except asyncio.CancelledError:
+            self._abort_from_app()
+            raise
+        except BaseException:
+            self.state.log.exception("Error in WebSocket application for %s", self.scope["raw_path"].decode("latin-1"))
+            self._abort_from_app()
+        else:
+            if not self._accepted and not self._responded:
+                self.state.log.error("WebSocket application returned without accepting or closing %s",
+                                     self.scope["raw_path"].decode("latin-1"))
+            self._abort_from_app()
+
+    def _abort_from_app(self) -> None:
+        """The app is gone: refuse the handshake (500) or close the socket (1011) if still open."""
+        if self._disconnected or self.transport is None or self.transport.is_closing():
+            return
+        if not self._accepted:
+            if not self._responded:
+                self._respond_and_close(_simple_response(500, b"Internal Server Error\n"))
+            return
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(1011 if self._close_code is None else 1000)
+            self._flush()
+        self._close_transport_soon()
+
+    async def receive(self) -> Dict[str, Any]:
+        while not self._inbox:
+            if self._disconnected:
+                return {"type": "websocket.disconnect", "code": self._close_code or 1006,
+                        "reason": self._close_reason}
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        message = self._inbox.popleft()
+        if self._reading_paused and len(self._inbox) <= self.settings.ws_max_queue // 2 and not self._disconnected:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return message
+
+    async def send(self, message: Dict[str, Any]) -> None:
+        kind = message["type"]
+        if self._disconnected or (self._responded and kind != "websocket.http.response.body"):
+            raise ClientDisconnected("the WebSocket client has gone away")
+        if not self._accepted:
+            if kind == "websocket.accept":
+                self._accept(message)
+            elif kind == "websocket.close":
+                # Closing before accepting refuses the handshake (ASGI: HTTP 403).
+                self._respond_and_close(_simple_response(403, b"Forbidden\n"))
+            elif kind == "websocket.http.response.start":
+                self._denial_status = int(message["status"])
+                self._denial_headers = message.get("headers", ())
+            elif kind == "websocket.http.response.body" and self._denial_status is not None:
+                self._denial_body.append(bytes(message.get("body", b"")))
+                if not message.get("more_body", False):
+                    self._send_denial()
+            else:
+                raise RuntimeError(f"Expected 'websocket.accept', 'websocket.close' or "
+                                   f"'websocket.http.response.start', got {kind!r}")
+            return
+        protocol = self.protocol
+        if protocol.state is not State.OPEN:
+            raise ClientDisconnected("the WebSocket connection is closing")
+        if kind == "websocket.send":
+            data = message.get("bytes")
+            if data is not None:
+                protocol.send_binary(bytes(data))
+            else:
+                text = message.get("text")
+                if not isinstance(text, str):
+                    raise RuntimeError("'websocket.send' needs 'bytes' or 'text'")
+                protocol.send_text(text.encode("utf-8"))
+            self._flush()
+            if self._writing_paused:
+                await self._drain()
+        elif kind == "websocket.close":
+            code = message.get("code", 1000) or 1000
+            self._close_code = code
+            self._close_reason = message.get("reason") or ""
+            protocol.send_close(code, self._close_reason)
+            self._flush()
+            self._close_transport_soon()
+        else:
+            raise RuntimeError(f"Expected 'websocket.send' or 'websocket.close', got {kind!r}")
+
+    def _accept(self, message: Dict[str, Any]) -> None:
+        response = self._handshake
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None:
+            if subprotocol not in self.scope["subprotocols"]:
+                raise RuntimeError(f"Subprotocol {subprotocol!r} was not offered by the client")
+            response.headers["Sec-WebSocket-Protocol"] = subprotocol
+        for name, value in message.get("headers", ()):
+            name_s, value_s = bytes(name).decode("latin-1"), bytes(value).decode("latin-1")
+            if any(c in name_s + value_s for c in "\r\n\0"):
+                raise RuntimeError(f"Invalid WebSocket accept header {name!r}: {value!r}")
+            response.headers[name_s] = value_s
+        self.protocol.send_response(response)
+        self._accepted = True
+        self._flush()
+        early = getattr(self, "_early", b"")
+        if early:
+            self._early = b""
+            self.data_received(early)
+
+    def _send_denial(self) -> None:
+        body = b"".join(self._denial_body)
+        lines = [b"HTTP/1.1 %d %s\r\n" % (self._denial_status, _phrase(self._denial_status))]
+        for name, value in self._denial_headers:
+            if bytes(name).lower() in (b"content-length", b"connection", b"transfer-encoding"):
+                continue
+            if any(c in bytes(name) + bytes(value) for c in b"\r\n\0"):
+                raise RuntimeError(f"Invalid denial response header {name!r}: {value!r}")
+            lines.append(bytes(name) + b": " + bytes(value) + b"\r\n")
+        lines.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        self._respond_and_close(b"".join(lines) + body)
+
+    # -- writing and closing ------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        transport = self.transport
+        for data in self.protocol.data_to_send():
+            if data:
+                transport.write(data)
+            else:
+                # The library's end-of-stream: the close handshake is done (or failed), and the
+                # server is the side that closes TCP first.
+                transport.close()
+
+    async def _drain(self) -> None:
+        if self._disconnected:
+            return
+        self._drain_waiter = self.loop.create_future()
+        await self._drain_waiter
+
+    def _respond_and_close(self, data: bytes) -> None:
+        self._responded = True
+        self.transport.write(data)
+        self.transport.close()
+
+    def _close_transport_soon(self) -> None:
+        # The client should close after the close handshake; if it does not, we do.
+        if not self.transport.is_closing():
+            self.loop.call_later(2.0, self._force_close)
+
+    def _force_close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _enqueue(self, message: Dict[str, Any]) -> None:
+        self._inbox.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _set_close(self, code: int, reason: str) -> None:
+        if not self._disconnected:
+            self._disconnected = True
+            self._close_code = code
+            self._close_reason = reason
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    # -- worker hooks: the once-a-second tick and shutdown ------------------------------------
+
+    def check_timeouts(self, now: float) -> None:
+        interval = self.settings.ws_ping_interval
+        if not self._accepted or not interval or self.protocol.state is not State.OPEN:
+            return
+        if self._ping_sent_at is not None:
+            if now - self._ping_sent_at > self.settings.ws_ping_timeout:
+                self.state.log.info("WebSocket client %s did not answer a ping in %gs: closing",
+                                    self.scope["client"], self.settings.ws_ping_timeout)
+                self.protocol.fail(1011, "keepalive ping timeout")
+                self._flush()
+                self._set_close(1006, "keepalive ping timeout")
+                self.transport.close()
+        elif now - self._last_ping >= interval:
+            self._last_ping = self._ping_sent_at = now
+            self.protocol.send_ping(os.urandom(4))
+            self._flush()
+
+    def shutdown(self) -> None:
+        """Graceful stop begins: a WebSocket is long-lived, it is closed at the deadline (abort)."""
+
+    def abort(self) -> None:
+        """The graceful deadline: close with 1001 (going away)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._accepted and self.protocol.state is State.OPEN:
+            self.protocol.send_close(1001, "server shutting down")
+            self._flush()
+            self._set_close(1001, "server shutting down")
+            self.transport.close()
+        else:
+            self.transport.abort()
+
+
+def _header(headers: List[List[bytes]], name: bytes) -> Optional[bytes]:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+def is_websocket_upgrade(upgrade: Optional[bytes]) -> bool:
+    return upgrade is not None and b"websocket" in upgrade.lower()
+
+
+def build_raw_request(method: str, url: bytes, headers: List[List[bytes]]) -> bytes:
+    """The upgrade request as bytes again, for the library's handshake checks."""
+    lines = [method.encode("ascii"), b" ", url, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def subprotocols(headers: List[List[bytes]]) -> List[str]:
+    found: List[str] = []
+    for name, value in headers:
+        if name == b"sec-websocket-protocol":
+            found += [p.strip() for p in value.decode("latin-1").split(",") if p.strip()]
+    return found
+
+
+def websocket_scope(http_scope: Dict[str, Any]) -> Dict[str, Any]:
+    scope = dict(http_scope)
+    scope["type"] = "websocket"
+    scope["scheme"] = "wss" if http_scope["scheme"] == "https" else "ws"
+    scope["subprotocols"] = subprotocols(http_scope["headers"])
+    extensions = dict(http_scope.get("extensions") or {})
+    extensions["websocket.http.response"] = {}
+    scope["extensions"] = extensions
+    scope.pop("method", None)
+    return scope
+
+
+UpgradeHandler = Callable[[Any, Dict[str, Any], bytes], None]
