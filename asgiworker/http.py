@@ -60,6 +60,7 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # uri-host [ ":" port ]: an IP literal or a reg-name (RFC 3986), nothing else.
 _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?")
 _OWS = (b" ", b"\t")
+_UNKNOWN_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ ]+ HTTP/1\.[01]\r\n")
 _SPECIAL_HEADERS = frozenset((b"host", b"transfer-encoding", b"expect", b"upgrade"))
 _known_good_names: Dict[bytes, bool] = {}
 
@@ -253,9 +254,17 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._protocol_error(400, "Invalid HTTP request")
         except httptools.HttpParserInvalidMethodError:
-            self._protocol_error(400, "Invalid HTTP method")
+            # llhttp knows the registered methods only. A well-formed token it does not know is
+            # a method we do not implement (RFC 9110 9.1: 501); anything else is garbage (400).
+            if _UNKNOWN_METHOD.match(data.lstrip(b"\r\n")):
+                self._protocol_error(501, "Method not implemented")
+            else:
+                self._protocol_error(400, "Invalid HTTP method")
         except httptools.HttpParserError as exc:
-            self._protocol_error(400, "Invalid HTTP request: %s" % exc)
+            if str(exc) == "Invalid HTTP version":
+                self._protocol_error(505, "HTTP version not supported")
+            else:
+                self._protocol_error(400, "Invalid HTTP request: %s" % exc)
 
     def _read_proxy_header(self, data: bytes) -> bytes:
         """Strip a PROXY protocol header off the connection's first bytes; return the rest."""
@@ -399,14 +408,17 @@ class HttpConnection(asyncio.Protocol):
     @staticmethod
     def _split_target(url: bytes, method: str) -> "tuple[bytes, bytes, str]":
         """(raw_path, query_string, path) of a request-target; _Reject if it is not one."""
+        if method == "CONNECT":
+            # authority-form is for proxies; any other form is not a CONNECT at all.
+            if url[:1] == b"/" or b"://" in url:
+                raise _Reject(400, "Invalid request target for CONNECT")
+            raise _Reject(501, "CONNECT is not supported")
         if url[:1] == b"/":  # origin-form, by far the most common
             if b"#" in url:
                 url = url.split(b"#", 1)[0]
             raw_path, _, query = url.partition(b"?")
         elif url == b"*" and method == "OPTIONS":  # asterisk-form
             return b"*", b"", "*"
-        elif method == "CONNECT":
-            raise _Reject(501, "CONNECT is not supported")
         else:  # absolute-form: the path and query of the URI
             try:
                 parsed = httptools.parse_url(url)

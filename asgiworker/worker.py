@@ -19,6 +19,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers import base
 
 from asgiworker import adapters
+from asgiworker.adapters.consumer import reap_abandoned
 from asgiworker.config import ConfigurationError, Settings
 from asgiworker.http import HttpConnection, ServerState
 from asgiworker.lifespan import Lifespan, LifespanFailed
@@ -168,6 +169,7 @@ class ASGIWorker(base.Worker):
         while self.alive:
             self.notify()
             self.state.tick()
+            reap_abandoned()
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 break
