@@ -101,8 +101,8 @@ class _Outbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self) -> None:
-        if self not in _waiting:
+    async def wait(self, reap: bool = True) -> None:
+        if reap and self not in _waiting:
             self.next_gc = time.monotonic() + self.gc_interval
             _waiting.add(self)
         self.waiter = self.loop.create_future()
@@ -209,9 +209,12 @@ class ConsumerAdapter:
         return layer
 
     async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] == "websocket":
+            await self._serve_websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
-            raise RuntimeError(f"Channel consumers are served for HTTP requests; scope type {scope['type']!r} "
-                               "is not supported")
+            raise RuntimeError(f"Channel consumers are served for HTTP and WebSocket; scope type "
+                               f"{scope['type']!r} is not supported")
         body = await _read_body(receive)
         if body is None:
             return  # the client left before its request was complete
@@ -276,6 +279,136 @@ class ConsumerAdapter:
                     "(the reply channel was garbage-collected before a reply without more_content)"
                 )
             await outbox.wait()
+
+
+    # -- WebSocket ----------------------------------------------------------------------------
+
+    async def _serve_websocket(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+        """One consumer call per event (connect, each message, disconnect), all sharing one reply
+        channel whose replies a forwarding task sends in order."""
+        layer = self._channel_layer()
+        outbox = _Outbox(layer.loop)
+        base = {
+            "reply_channel": WebSocketReplyChannel(outbox),
+            "channel_layer": layer,
+            "path": scope["path"],
+            "raw_path": scope["raw_path"],
+            "query_string": scope["query_string"],
+            "root_path": scope["root_path"],
+            "scheme": scope["scheme"],
+            "headers": scope["headers"],
+            "client": scope["client"],
+            "server": scope["server"],
+            "subprotocols": scope["subprotocols"],
+        }
+        forwarder = layer.loop.create_task(self._forward_websocket(outbox, send))
+        try:
+            while True:
+                event = await receive()
+                message = dict(base)
+                message.update(event)
+                result = self.consumer(message)
+                del message
+                if result is not None and isawaitable(result):
+                    await result
+                del result
+                if forwarder.done():
+                    forwarder.result()  # re-raises what went wrong sending the replies
+                    if outbox.finished:
+                        return  # the consumer closed the socket
+                if event["type"] == "websocket.disconnect":
+                    return
+        finally:
+            with outbox.lock:
+                if outbox.disconnect is None:
+                    outbox.disconnect = ConnectionResetError("the WebSocket connection is closed")
+            outbox.wake()
+            if not forwarder.done():
+                forwarder.cancel()
+
+    @staticmethod
+    async def _forward_websocket(outbox: _Outbox, send: Callable) -> None:
+        queue = outbox.queue
+        while True:
+            finished = outbox.finished
+            while queue:
+                try:
+                    await send(queue.popleft())
+                except OSError as exc:
+                    outbox.disconnect = exc
+                    return
+            if finished or outbox.disconnect is not None:
+                return
+            await outbox.wait(reap=False)
+
+
+class WebSocketReplyChannel:
+    """``message['reply_channel']`` for WebSocket consumers: ``{'accept': True}`` (optional
+    ``subprotocol``), ``{'text': str}``, ``{'bytes': bytes}``, ``{'close': True}`` or
+    ``{'close': code}``; keys may be combined and apply in that order. Thread-safe."""
+
+    __slots__ = ("_outbox",)
+
+    def __init__(self, outbox: _Outbox) -> None:
+        self._outbox = outbox
+
+    def send(self, message: Dict[str, Any]) -> None:
+        outbox = self._outbox
+        with outbox.lock:
+            if outbox.disconnect is not None:
+                raise type(outbox.disconnect)(*outbox.disconnect.args)
+            if outbox.finished:
+                raise ResponseAlreadySent("This WebSocket has already been closed by a 'close' reply")
+            messages = _websocket_to_asgi(message)
+            outbox.queue.extend(messages)
+            outbox.finished = messages[-1]["type"] == "websocket.close"
+        outbox.wake()
+
+    def __repr__(self) -> str:
+        return f"<WebSocketReplyChannel closed={self._outbox.finished}>"
+
+
+WEBSOCKET_REPLY_KEYS = frozenset(("accept", "subprotocol", "text", "bytes", "close"))
+
+
+def _websocket_to_asgi(message: Any) -> "list[Dict[str, Any]]":
+    if not isinstance(message, dict):
+        raise InvalidReply(f"A reply must be a dict, got {type(message).__name__}")
+    unknown = message.keys() - WEBSOCKET_REPLY_KEYS
+    if unknown:
+        raise InvalidReply(f"Unknown WebSocket reply keys {sorted(unknown)}; allowed: {sorted(WEBSOCKET_REPLY_KEYS)}")
+    out: "list[Dict[str, Any]]" = []
+    accept = message.get("accept")
+    if accept is True:
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None and not isinstance(subprotocol, str):
+            raise InvalidReply(f"'subprotocol' must be a str, got {type(subprotocol).__name__}")
+        out.append({"type": "websocket.accept", "subprotocol": subprotocol})
+    elif accept is False:
+        out.append({"type": "websocket.close", "code": 1000})  # a refusal: 403 before accept
+        return out
+    elif accept is not None:
+        raise InvalidReply(f"'accept' must be True or False, got {accept!r}")
+    if "text" in message:
+        if not isinstance(message["text"], str):
+            raise InvalidReply(f"'text' must be a str, got {type(message['text']).__name__}")
+        out.append({"type": "websocket.send", "text": message["text"]})
+    if "bytes" in message:
+        if not isinstance(message["bytes"], (bytes, bytearray)):
+            raise InvalidReply(f"'bytes' must be bytes, got {type(message['bytes']).__name__}")
+        out.append({"type": "websocket.send", "bytes": bytes(message["bytes"])})
+    close = message.get("close")
+    if close is True:
+        out.append({"type": "websocket.close", "code": 1000})
+    elif type(close) is int:
+        if not (close == 1000 or 3000 <= close <= 4999):
+            raise InvalidReply(f"'close' code must be 1000 or 3000-4999, got {close}")
+        out.append({"type": "websocket.close", "code": close})
+    elif close not in (None, False):
+        raise InvalidReply(f"'close' must be True or an int close code, got {close!r}")
+    if not out:
+        raise InvalidReply("A WebSocket reply needs one of 'accept', 'text', 'bytes' or 'close'")
+    return out
 
 
 async def _read_body(receive: Callable) -> Optional[bytes]:
