@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Benchmark our worker against its peers on this machine. Usage and what it measures: README.md.
+#   bench/run.sh [--quick] [--rounds N] [--duration S] [--only WORKLOAD[,..]] [--servers NAME[,..]]
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+VENV="$HERE/.venv"
+
+# wrk (load generator), taskset and curl.
+if ! command -v wrk >/dev/null; then
+    echo "installing wrk (Debian package)..." >&2
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+for tool in taskset curl; do
+    command -v "$tool" >/dev/null || { echo "$tool is required" >&2; exit 1; }
+done
+if [ "$(nproc)" -lt 2 ]; then
+    echo "need 2 CPUs: the server runs on CPU 0, wrk on CPU 1" >&2; exit 1
+fi
+
+# The servers, in a venv of their own, pinned (requirements.txt); ours from this checkout.
+if [ ! -x "$VENV/bin/python" ]; then
+    "${PYTHON:-python3}" -m venv "$VENV"
+fi
+stamp="$VENV/.bench-installed"
+want="$(cat "$HERE/requirements.txt" "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "installing the servers into $VENV..." >&2
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -r "$HERE/requirements.txt" -e "$ROOT"
+    echo "$want" > "$stamp"
+fi
+
+# 1000 connections: the servers and wrk each need that many descriptors, and more.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+# The runner kills each server's process group after its run, and all of them when it is
+# interrupted (Ctrl-C, SIGTERM, SIGHUP). Should the runner itself die without cleaning up (e.g.
+# SIGKILL), this trap kills the process groups it listed as running in $PGIDS.
+PGIDS="$(mktemp "${TMPDIR:-/tmp}/asgibench-pgids.XXXXXX")"
+runner=""
+cleanup() {
+    if [ -n "$runner" ]; then
+        kill -TERM "$runner" 2>/dev/null || true
+        wait "$runner" 2>/dev/null || true
+    fi
+    while read -r pgid; do
+        [ -n "$pgid" ] && kill -KILL -- "-$pgid" 2>/dev/null || true
+    done < "$PGIDS"
+    rm -f "$PGIDS"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# In the background so that this shell's traps run at once on a signal.
+BENCH_PGID_FILE="$PGIDS" "$VENV/bin/python" "$HERE/bench.py" "$@" &
+runner=$!
+status=0
+wait "$runner" || status=$?
+runner=""
+exit "$status"
