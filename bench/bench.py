@@ -204,6 +204,17 @@ def measure_rss(pgid: int) -> float:
     return sum(int(r[21]) for r in group_stats(pgid).values()) * PAGE / 2**20
 
 
+NETSTAT_KEYS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TCPTimeouts", "SyncookiesSent")
+
+
+def tcp_counters() -> Dict[str, int]:
+    """System-wide TCP trouble counters (accept queue overflows, retransmitted SYNs...)."""
+    with open("/proc/net/netstat") as f:
+        lines = [line.split() for line in f if line.startswith("TcpExt:")]
+    values = dict(zip(lines[0][1:], (int(v) for v in lines[1][1:])))
+    return {k: values.get(k, 0) for k in NETSTAT_KEYS}
+
+
 def cpu_busy_seconds(cpu: str) -> float:
     """Time CPU `cpu` spent on anything but idle/iowait, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -314,9 +325,11 @@ def measure_wrk(server: Server, workload: Workload, url: str, args, tmp: Path, l
         run_wrk(workload, url, args.warmup, script)
     cpu_before, wrk_cpu_before = group_cpu_seconds(server.pgid), children_cpu_seconds()
     cpu0_before, cpu1_before, t0 = cpu_busy_seconds(SERVER_CPU), cpu_busy_seconds(WRK_CPU), time.monotonic()
+    tcp_before = tcp_counters()
     wrk, wrk_text = run_wrk(workload, url, args.duration, script)
     cpu_after, wrk_cpu_after = group_cpu_seconds(server.pgid), children_cpu_seconds()
     cpu0_after, cpu1_after, t1 = cpu_busy_seconds(SERVER_CPU), cpu_busy_seconds(WRK_CPU), time.monotonic()
+    tcp_after = tcp_counters()
     (logs / f"{tag}.wrk.txt").write_text(wrk_text)
     server_cpu = cpu_after - cpu_before
     wrk_cpu = wrk_cpu_after - wrk_cpu_before
@@ -339,6 +352,9 @@ def measure_wrk(server: Server, workload: Workload, url: str, args, tmp: Path, l
         "non_2xx": wrk["status"],
         "wrk_errors": {k: wrk[k] for k in ("connect", "read", "write", "timeout", "status")},
         "mib_per_s": wrk["bytes"] / (wrk["duration_us"] / 1e6) / 2**20,
+        # System-wide (other processes count too): non-zero ListenOverflows/TCPSynRetrans during a
+        # run explain latency spikes of ~1 s (a dropped SYN or handshake is retried after 1 s).
+        "tcp_counters": {k: tcp_after[k] - tcp_before[k] for k in NETSTAT_KEYS},
     }
 
 
