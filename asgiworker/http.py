@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from contextvars import copy_context
 from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
@@ -160,6 +161,7 @@ class HttpConnection(asyncio.Protocol):
         self._expect_100 = False
         self._special = _SPECIAL_HEADERS
         self._upgrade: Optional[bytes] = None
+        self._completed = 0
         self._websocket: Optional[WebSocketSession] = None
         self._websocket_leftover = b""
         self._extensions: Optional[Dict[str, Any]] = None
@@ -233,6 +235,9 @@ class HttpConnection(asyncio.Protocol):
             data = self._read_proxy_header(data)
             if not data:
                 return
+        # Only to tell where a bad method starts, if one comes (see below).
+        at_message_start = self._head_started is None and self._parsing is None
+        completed = self._completed
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -256,7 +261,7 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserInvalidMethodError:
             # llhttp knows the registered methods only. A well-formed token it does not know is
             # a method we do not implement (RFC 9110 9.1: 501); anything else is garbage (400).
-            if _UNKNOWN_METHOD.match(data.lstrip(b"\r\n")):
+            if at_message_start and completed == self._completed and _UNKNOWN_METHOD.match(data.lstrip(b"\r\n")):
                 self._protocol_error(501, "Method not implemented")
             else:
                 self._protocol_error(400, "Invalid HTTP method")
@@ -446,6 +451,7 @@ class HttpConnection(asyncio.Protocol):
         cycle.wake()
 
     def on_message_complete(self) -> None:
+        self._completed += 1
         cycle = self._parsing
         if cycle is not None:
             cycle.more_body = False
@@ -456,7 +462,16 @@ class HttpConnection(asyncio.Protocol):
 
     def _start(self, cycle: "RequestCycle") -> None:
         self._active = cycle
-        cycle.task = self.loop.create_task(cycle.run())
+        # Run the app eagerly, right here, in a context of its own (as a Task would): most
+        # requests finish without ever waiting, and then cost no Task at all. Only one that
+        # suspends is handed to a Task to finish.
+        coro = cycle.run()
+        context = copy_context()
+        try:
+            waiting_on = context.run(coro.send, None)
+        except StopIteration:
+            return
+        cycle.task = self.loop.create_task(_finish(coro, waiting_on), context=context)
 
     def response_complete(self, cycle: "RequestCycle") -> None:
         self._active = None
@@ -574,6 +589,32 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
 
+async def _finish(coro: Any, waiting_on: Any) -> None:
+    """Drive a coroutine that was started eagerly and suspended on ``waiting_on``."""
+    while True:
+        try:
+            if waiting_on is None:
+                await asyncio.sleep(0)  # a bare yield: it only wanted to let others run
+            else:
+                # As a Task's step does: the future was handed over, so it is no longer
+                # "blocking" the coroutine that yielded it; now we block on it instead.
+                waiting_on._asyncio_future_blocking = False
+                await waiting_on
+        except BaseException as exc:
+            if waiting_on is None or not waiting_on.done():
+                # Cancelled while waiting: deliver the cancellation into the coroutine.
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            # Otherwise the future failed: the coroutine reads that outcome from it itself.
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return
+
+
 class RequestCycle:
     """One request and its response: the ASGI ``receive``/``send`` pair and the framing state."""
 
@@ -669,8 +710,8 @@ class RequestCycle:
             return {"type": "http.disconnect"}
         if not self.body and self.more_body:
             if self.expect_100:
-                self.expect_100 = False
-                self.conn.transport.write(CONTINUE_RESPONSE)
+                # Decided once the bytes at hand are parsed: the body may be among them already.
+                self.conn.loop.call_soon(self._send_continue)
             self.waiter = self.conn.loop.create_future()
             try:
                 await self.waiter
@@ -689,6 +730,12 @@ class RequestCycle:
         if self.conn._reading_paused:
             self.conn._maybe_resume_reading()
         return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    def _send_continue(self) -> None:
+        if self.expect_100 and not self.body and self.more_body and not self.head_sent \
+                and not self.disconnected and not self.conn._closed:
+            self.expect_100 = False
+            self.conn.transport.write(CONTINUE_RESPONSE)
 
     # -- ASGI send ----------------------------------------------------------------------------
 
