@@ -61,6 +61,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # uri-host [ ":" port ]: an IP literal or a reg-name (RFC 3986), nothing else.
 _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?")
 _OWS = (b" ", b"\t")
+# What a request line can look like before its CRLF has arrived: a token, then printable ASCII.
+_REQUEST_LINE_PREFIX = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*( [\x21-\x7e ]*)?\r?")
 _UNKNOWN_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ ]+ HTTP/1\.[01]\r\n")
 _SPECIAL_HEADERS = frozenset((b"host", b"transfer-encoding", b"expect", b"upgrade"))
 _known_good_names: Dict[bytes, bool] = {}
@@ -161,7 +163,9 @@ class HttpConnection(asyncio.Protocol):
         self._expect_100 = False
         self._special = _SPECIAL_HEADERS
         self._upgrade: Optional[bytes] = None
-        self._completed = 0
+        self._bad_line: Optional[bytes] = None
+        self._served = 0
+        self._since_boundary: Optional[bytes] = None
         self._websocket: Optional[WebSocketSession] = None
         self._websocket_leftover = b""
         self._extensions: Optional[Dict[str, Any]] = None
@@ -229,15 +233,22 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._ignore_input:
+            if self._bad_line is not None:
+                self._read_bad_request_line(data)
             return
         self._last_activity = self.loop.time()
         if self._proxy_buffer is not None:
             data = self._read_proxy_header(data)
             if not data:
                 return
-        # Only to tell where a bad method starts, if one comes (see below).
-        at_message_start = self._head_started is None and self._parsing is None
-        completed = self._completed
+        # The bytes since the parser last stood between two requests at the start of a read:
+        # only to find where a request with a bad method starts, if one comes (see below).
+        if self._head_started is None and self._parsing is None:
+            self._since_boundary = data
+        elif self._since_boundary is not None:
+            self._since_boundary += data
+            if len(self._since_boundary) > 16384:
+                self._since_boundary = None  # inside a body: no request line to find here
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -259,17 +270,31 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._protocol_error(400, "Invalid HTTP request")
         except httptools.HttpParserInvalidMethodError:
-            # llhttp knows the registered methods only. A well-formed token it does not know is
-            # a method we do not implement (RFC 9110 9.1: 501); anything else is garbage (400).
-            if at_message_start and completed == self._completed and _UNKNOWN_METHOD.match(data.lstrip(b"\r\n")):
-                self._protocol_error(501, "Method not implemented")
-            else:
-                self._protocol_error(400, "Invalid HTTP method")
+            # llhttp knows the registered methods only. Whether this is a well-formed request for
+            # a method we do not implement (RFC 9110 9.1: 501) or garbage (400) is told by its
+            # whole request line, which may still be on its way.
+            seen = self._since_boundary if self._since_boundary is not None else data
+            self._ignore_input = True
+            self._bad_line = b""
+            self._head_started = self._last_activity
+            self._read_bad_request_line(seen[_failing_message_start(seen):])
         except httptools.HttpParserError as exc:
             if str(exc) == "Invalid HTTP version":
                 self._protocol_error(505, "HTTP version not supported")
             else:
                 self._protocol_error(400, "Invalid HTTP request: %s" % exc)
+
+    def _read_bad_request_line(self, data: bytes) -> None:
+        line = self._bad_line + data.lstrip(b"\r\n") if not self._bad_line else self._bad_line + data  # type: ignore[operator]
+        end = line.find(b"\r\n")
+        if end < 0 and len(line) <= self.settings.limit_request_line + 32 and _REQUEST_LINE_PREFIX.fullmatch(line):
+            self._bad_line = line  # bounded; the header timeout ends a client that stops here
+            return
+        self._bad_line = None
+        if end >= 0 and _UNKNOWN_METHOD.fullmatch(line[:end + 2]):
+            self._protocol_error(501, "Method not implemented")
+        else:
+            self._protocol_error(400, "Invalid HTTP method")
 
     def _read_proxy_header(self, data: bytes) -> bytes:
         """Strip a PROXY protocol header off the connection's first bytes; return the rest."""
@@ -451,7 +476,6 @@ class HttpConnection(asyncio.Protocol):
         cycle.wake()
 
     def on_message_complete(self) -> None:
-        self._completed += 1
         cycle = self._parsing
         if cycle is not None:
             cycle.more_body = False
@@ -475,6 +499,7 @@ class HttpConnection(asyncio.Protocol):
 
     def response_complete(self, cycle: "RequestCycle") -> None:
         self._active = None
+        self._served += 1
         if cycle is self._parsing and cycle.expect_100:
             # The client is still holding back a body we never asked for: we cannot know
             # what it will send next, so this connection cannot carry another request.
@@ -576,7 +601,11 @@ class HttpConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         self._closing = True
-        if self._active is None and not self._pipeline and self._head_started is None and self._parsing is None:
+        # Close now only between two requests of a kept-alive connection. A connection that has
+        # not sent its first request yet was accepted to be served: it gets its answer (with
+        # `connection: close`), or the keep-alive timeout if nothing comes.
+        if self._active is None and not self._pipeline and self._head_started is None and self._parsing is None \
+                and self._served:
             self._close()
 
     def abort(self) -> None:
@@ -587,6 +616,34 @@ class HttpConnection(asyncio.Protocol):
         if not self._closed:
             self._closed = True
             self.transport.close()
+
+
+class _NoCallbacks:
+    pass
+
+
+_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _failing_message_start(data: bytes) -> int:
+    """Where, in ``data``, the request with the unknown method begins. httptools does not say
+    where it stopped, so find the first byte a fresh parser rejects (a bisection, only on this
+    error path), then step back over the method token it is part of."""
+    low, high = 0, len(data)
+    while low < high:
+        middle = (low + high) // 2
+        try:
+            httptools.HttpRequestParser(_NoCallbacks()).feed_data(data[:middle + 1])
+        except httptools.HttpParserUpgrade:
+            return 0
+        except httptools.HttpParserError:
+            high = middle
+        else:
+            low = middle + 1
+    start = low
+    while start > 0 and data[start - 1] in _TOKEN_BYTES:
+        start -= 1
+    return start
 
 
 async def _finish(coro: Any, waiting_on: Any) -> None:
@@ -671,14 +728,15 @@ class RequestCycle:
                                      scope["raw_path"].decode("latin-1"))
             self._fail()
         else:
-            if not self.response_complete and not self.disconnected:
-                if self.head_sent:
-                    conn.state.log.error("ASGI application returned without completing the response to %s %s",
-                                         self.scope["method"], self.scope["raw_path"].decode("latin-1"))
-                else:
-                    conn.state.log.error("ASGI application returned without sending a response to %s %s",
-                                         self.scope["method"], self.scope["raw_path"].decode("latin-1"))
-                self._fail()
+            if self.response_complete:
+                return
+            if self.disconnected:
+                self._fail()  # nobody to answer: just let go of the connection
+                return
+            what = "completing" if self.head_sent else "sending"
+            conn.state.log.error("ASGI application returned without %s the response to %s %s", what,
+                                 self.scope["method"], self.scope["raw_path"].decode("latin-1"))
+            self._fail()
 
     def _fail(self) -> None:
         """Answer 500 if nothing went out yet, else cut the connection: never a second response."""
@@ -689,6 +747,7 @@ class RequestCycle:
         conn = self.conn
         conn.state.request_done()
         if self.disconnected or conn._closed:
+            conn._close()
             return
         if self.head_sent:
             self._log_access(self.status)

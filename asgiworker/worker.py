@@ -110,6 +110,10 @@ class ASGIWorker(base.Worker):
 
     def _on_max_requests(self) -> None:
         self.log.info("Autorestarting worker after current request.")
+        # Stop accepting at once: what waits in the kernel's queue goes to the other workers
+        # (or our replacement) instead of to a worker on its way out.
+        for server in self.servers:
+            server.close()
         self._stop()
 
     # -- serving --------------------------------------------------------------------------------
@@ -189,8 +193,12 @@ class ASGIWorker(base.Worker):
         # still running at graceful_timeout is cut.
         state.shutdown()
         deadline = self.loop.time() + self.cfg.graceful_timeout
+        next_tick = self.loop.time() + 1.0
         while state.connections and self.loop.time() < deadline and not self._quick_exit:
             self.notify()
+            if self.loop.time() >= next_tick:
+                state.tick()  # idle and slow connections keep timing out while we drain
+                next_tick += 1.0
             await asyncio.sleep(0.05)
         if state.connections:
             self.log.warning("Graceful timeout reached: closing %d connection(s)", len(state.connections))

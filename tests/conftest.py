@@ -25,10 +25,19 @@ ROOT = Path(__file__).resolve().parent.parent
 _HAS_CONTROL_SOCKET = any(s.name == "control_socket_disable" for s in gunicorn.config.KNOWN_SETTINGS)
 
 
+_handed_out: set = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never the same twice in this process: servers booting side by side
+    must not be told the same port between our probe and their bind."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class GunicornServer:
