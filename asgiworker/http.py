@@ -164,6 +164,7 @@ class HttpConnection(asyncio.Protocol):
         self._special = _SPECIAL_HEADERS
         self._upgrade: Optional[bytes] = None
         self._bad_line: Optional[bytes] = None
+        self._deferred: Optional[RequestCycle] = None
         self._served = 0
         self._since_boundary: Optional[bytes] = None
         self._websocket: Optional[WebSocketSession] = None
@@ -283,6 +284,15 @@ class HttpConnection(asyncio.Protocol):
                 self._protocol_error(505, "HTTP version not supported")
             else:
                 self._protocol_error(400, "Invalid HTTP request: %s" % exc)
+        finally:
+            # A request becomes active as its head is parsed, but runs once the bytes at hand are
+            # all parsed: a small request's body is then already there, and the app answers it
+            # without ever waiting.
+            deferred = self._deferred
+            if deferred is not None:
+                self._deferred = None
+                if not deferred.disconnected:
+                    self._run(deferred)
 
     def _read_bad_request_line(self, data: bytes) -> None:
         line = self._bad_line + data.lstrip(b"\r\n") if not self._bad_line else self._bad_line + data  # type: ignore[operator]
@@ -429,7 +439,7 @@ class HttpConnection(asyncio.Protocol):
         self._parsing = cycle
         self._head_started = None
         if self._active is None:
-            self._start(cycle)
+            self._active = self._deferred = cycle
         else:
             self._pipeline.append(cycle)
             if len(self._pipeline) >= MAX_PIPELINED:
@@ -486,6 +496,9 @@ class HttpConnection(asyncio.Protocol):
 
     def _start(self, cycle: "RequestCycle") -> None:
         self._active = cycle
+        self._run(cycle)
+
+    def _run(self, cycle: "RequestCycle") -> None:
         # Run the app eagerly, right here, in a context of its own (as a Task would): most
         # requests finish without ever waiting, and then cost no Task at all. Only one that
         # suspends is handed to a Task to finish.
@@ -517,6 +530,8 @@ class HttpConnection(asyncio.Protocol):
         if self._pending_error is not None:
             self._send_and_close(self._pending_error)
             return
+        if self._bad_line is not None:
+            return  # a bad request line is still arriving: its error response comes next
         if self._closing or self._ignore_input:
             self._close()
             return
