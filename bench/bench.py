@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -111,8 +111,9 @@ def server_commands() -> Dict[str, object]:
 
 
 def _die_with_parent() -> None:
-    # If this runner is killed outright (SIGKILL), the server's master gets SIGKILL too; its
-    # workers notice their parent is gone and exit.
+    # If this runner is killed outright (SIGKILL), the server's master gets SIGKILL too. Its
+    # worker may outlive it (uvicorn-worker's does not watch its parent): run.sh's EXIT trap
+    # then kills the whole group.
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:
@@ -145,7 +146,7 @@ class Server:
         return self.proc.poll() is None
 
     def pids(self) -> List[int]:
-        return sorted(pid for pid, st in group_stats(self.pgid).items())
+        return sorted(group_stats(self.pgid))
 
     def log_tail(self, lines: int = 30) -> str:
         self.log.flush()
