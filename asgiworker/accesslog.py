@@ -12,11 +12,16 @@ from typing import Any, Dict, Iterable, List, Tuple
 
 
 def access_log_enabled(cfg: Any) -> bool:
-    """Gunicorn's own rule for whether `Logger.access` writes anything."""
+    """Whether to call `Logger.access` for each request: when Gunicorn's own rule says it writes
+    a line, and also whenever the logger may do more with it (statsd metrics, a custom class)."""
+    from gunicorn.glogging import Logger
+
     return bool(
         cfg.accesslog or cfg.logconfig or getattr(cfg, "logconfig_dict", None)
         or getattr(cfg, "logconfig_json", None)
         or (cfg.syslog and not cfg.disable_redirect_access_to_syslog)
+        or getattr(cfg, "statsd_host", None)
+        or cfg.logger_class is not Logger
     )
 
 

@@ -52,6 +52,7 @@ class Settings:
     proxy: Optional[ProxyPolicy] = None
     server_cert: Optional[str] = None
     proxy_protocol: str = "off"
+    header_map: str = "drop"
     ws_max_size: int = 16 * 1024 * 1024
     ws_max_queue: int = 32
     ws_ping_interval: float = 20.0
@@ -78,6 +79,7 @@ class Settings:
             proxy=ProxyPolicy.from_gunicorn(cfg),
             server_cert=read_server_cert(cfg.certfile) if cfg.is_ssl else None,
             proxy_protocol=mode_from_gunicorn(cfg),
+            header_map=str(getattr(cfg, "header_map", "drop") or "drop"),
             ws_max_size=_positive_int(environ, WS_MAX_SIZE_ENV,
                                       int(getattr(cfg, "websocket_max_message_size", 0) or 16 * 1024 * 1024)),
             ws_max_queue=_positive_int(environ, WS_MAX_QUEUE_ENV, 32),

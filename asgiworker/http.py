@@ -360,6 +360,12 @@ class HttpConnection(asyncio.Protocol):
         if len(headers) >= self.settings.limit_request_fields:
             raise _Reject(431, "Too many request header fields")
         name = name.lower()
+        if b"_" in name and self.settings.header_map != "dangerous":
+            # Gunicorn's header_map: `X_Forwarded_For` and `X-Forwarded-For` look the same to
+            # many frameworks, so a name with `_` is dropped (default) or refused.
+            if self.settings.header_map == "refuse":
+                raise _Reject(400, "Header names with underscores are refused")
+            return
         if value[-1:] in _OWS:
             value = value.rstrip(b" \t")
         if name in self._special:
@@ -693,7 +699,7 @@ class RequestCycle:
     __slots__ = (
         "conn", "scope", "keep_alive", "expect_100", "body", "buffered", "more_body", "waiter",
         "disconnected", "response_started", "head_sent", "response_complete", "status", "headers",
-        "chunked", "remaining", "no_body", "task", "started", "sent",
+        "chunked", "remaining", "no_body", "task", "started", "sent", "body_done",
     )
 
     def __init__(self, conn: HttpConnection, scope: Dict[str, Any], keep_alive: bool, expect_100: bool) -> None:
@@ -704,6 +710,7 @@ class RequestCycle:
         self.body: List[bytes] = []
         self.buffered = 0
         self.more_body = True
+        self.body_done = False
         self.waiter: Optional[asyncio.Future] = None
         self.disconnected = False
         self.response_started = False
@@ -759,6 +766,7 @@ class RequestCycle:
             return
         self.response_complete = True
         self.body = []
+        self.wake()
         conn = self.conn
         conn.state.request_done()
         if self.disconnected or conn._closed:
@@ -782,6 +790,15 @@ class RequestCycle:
     async def receive(self) -> Dict[str, Any]:
         if self.response_complete or self.disconnected:
             return {"type": "http.disconnect"}
+        if self.body_done:
+            # The whole body was delivered: the next event is the end of the response or the
+            # client leaving (apps wait here to notice a disconnect while they stream).
+            self.waiter = self.conn.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+            return {"type": "http.disconnect"}
         if not self.body and self.more_body:
             if self.expect_100:
                 # Decided once the bytes at hand are parsed: the body may be among them already.
@@ -803,7 +820,9 @@ class RequestCycle:
         self.buffered = 0
         if self.conn._reading_paused:
             self.conn._maybe_resume_reading()
-        return {"type": "http.request", "body": body, "more_body": self.more_body}
+        more_body = self.more_body
+        self.body_done = not more_body
+        return {"type": "http.request", "body": body, "more_body": more_body}
 
     def _send_continue(self) -> None:
         if self.expect_100 and not self.body and self.more_body and not self.head_sent \
@@ -855,6 +874,7 @@ class RequestCycle:
             self.keep_alive = False
         self.response_complete = True
         self.body = []
+        self.wake()
         if conn.settings.access_log:
             self._log_access(self.status)
         conn.state.request_done()

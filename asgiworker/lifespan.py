@@ -50,15 +50,26 @@ class Lifespan:
             raise LifespanFailed(f"Application does not support lifespan ({detail}) but lifespan is 'on'")
         self.log.info("ASGI lifespan not supported by the application (%s); serving without it", detail)
 
-    async def shutdown(self, timeout: float) -> None:
+    @property
+    def task(self) -> Optional[asyncio.Task]:
+        return self._task
+
+    async def shutdown(self, timeout: float, heartbeat: Callable[[], None] = lambda: None) -> None:
         if not self.supported or self._shutdown_done is None:
             return
         await self._inbox.put({"type": "lifespan.shutdown"})
-        try:
-            outcome = await asyncio.wait_for(asyncio.shield(self._shutdown_done), timeout)
-        except asyncio.TimeoutError:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Beat the heartbeat while the app cleans up: a slow shutdown is not a stuck worker.
+        while not self._shutdown_done.done() and loop.time() < deadline:
+            heartbeat()
+            await asyncio.wait([self._shutdown_done], timeout=min(0.5, max(0.0, deadline - loop.time())))
+        if not self._shutdown_done.done():
             self.log.warning("ASGI lifespan shutdown did not complete in %gs", timeout)
+            if self._task is not None:
+                self._task.cancel()
             return
+        outcome = self._shutdown_done.result()
         if outcome is not None:
             self.log.error("ASGI lifespan shutdown failed: %s", outcome[1])
 

@@ -23,6 +23,32 @@ def read_server_cert(certfile: Optional[str]) -> Optional[str]:
     return text[start:stop + len(end)] + "\n" if start >= 0 and stop >= 0 else None
 
 
+# RFC 4514 section 3: the attribute types with a short name; others keep the name ssl gives.
+_SHORT_NAMES = {
+    "commonName": "CN", "localityName": "L", "stateOrProvinceName": "ST", "organizationName": "O",
+    "organizationalUnitName": "OU", "countryName": "C", "streetAddress": "STREET",
+    "domainComponent": "DC", "userId": "UID",
+}
+
+
+def _escape(value: str) -> str:
+    out = "".join("\\" + c if c in ',+"\\<>;' else c for c in value)
+    if out[:1] in ("#", " "):
+        out = "\\" + out
+    if out.endswith(" ") and not out.endswith("\\ "):
+        out = out[:-1] + "\\ "
+    return out
+
+
+def rfc4514_name(subject: Any) -> Optional[str]:
+    """A distinguished name as RFC 4514 writes it: most specific RDN first, short type names,
+    special characters escaped."""
+    rdns = []
+    for rdn in reversed(subject or ()):
+        rdns.append("+".join(f"{_SHORT_NAMES.get(k, k)}={_escape(str(v))}" for k, v in rdn))
+    return ",".join(rdns) or None
+
+
 def tls_extension(ssl_object: Any, server_cert: Optional[str]) -> Dict[str, Any]:
     client_chain = []
     client_name = None
@@ -30,8 +56,7 @@ def tls_extension(ssl_object: Any, server_cert: Optional[str]) -> Dict[str, Any]
     if der:
         client_chain.append(ssl.DER_cert_to_PEM_cert(der))
         subject = (ssl_object.getpeercert() or {}).get("subject", ())
-        # RFC 4514 order: most specific first.
-        client_name = ",".join(f"{k}={v}" for rdn in reversed(subject) for k, v in rdn) or None
+        client_name = rfc4514_name(subject)
     cipher = ssl_object.cipher()
     return {
         "server_cert": server_cert,

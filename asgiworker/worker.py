@@ -38,6 +38,7 @@ class ASGIWorker(base.Worker):
         self._stopped: asyncio.Event = None  # type: ignore[assignment]
         self._quick_exit = False
         self._boot_failed = False
+        self._stop_at: Any = None
 
     # -- boot -----------------------------------------------------------------------------------
 
@@ -51,6 +52,9 @@ class ASGIWorker(base.Worker):
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
         # Settings that mean nothing under an event loop get a warning, not silence.
+        if "h2" in (getattr(cfg, "http_protocols", None) or ()):
+            log.warning("asgiworker speaks HTTP/1.1 only: --http-protocols h2 is ignored "
+                        "(TLS offers http/1.1 alone over ALPN)")
         if cfg.threads > 1:
             log.warning("asgiworker ignores --threads (%d): one event loop serves all connections; "
                         "use --worker-connections to bound them", cfg.threads)
@@ -58,6 +62,9 @@ class ASGIWorker(base.Worker):
     def load_wsgi(self) -> None:
         """Load the application and adapt it; a bad configuration stops Gunicorn at boot."""
         try:
+            if getattr(self.cfg, "protocol", "http") != "http":
+                raise ConfigurationError(f"asgiworker serves HTTP only, not --protocol {self.cfg.protocol}: "
+                                         "remove the option or use another worker class")
             self.settings = Settings.from_gunicorn(self.cfg)
             try:
                 self.wsgi = self.app.wsgi()
@@ -92,6 +99,8 @@ class ASGIWorker(base.Worker):
 
     def _stop(self) -> None:
         self.alive = False
+        if self._stop_at is None:
+            self._stop_at = self.loop.time()
         if self._stopped is not None:
             self._stopped.set()
 
@@ -114,6 +123,9 @@ class ASGIWorker(base.Worker):
         # (or our replacement) instead of to a worker on its way out.
         for server in self.servers:
             server.close()
+        # Responses from now on say `connection: close`: clients reconnect to another worker
+        # instead of finding their kept-alive connection closed under them.
+        self.state.shutdown()
         self._stop()
 
     # -- serving --------------------------------------------------------------------------------
@@ -156,15 +168,19 @@ class ASGIWorker(base.Worker):
             )
             self.servers.append(server)
         await self._tick_until_stopped()
-        await self._shutdown()
-        await lifespan.shutdown(self.cfg.graceful_timeout)
+        await self._shutdown(keep={lifespan.task})
+        # Gunicorn's master SIGKILLs us graceful_timeout after its SIGTERM: finish before that.
+        hard_end = (self._stop_at or loop.time()) + float(self.cfg.graceful_timeout) - 0.1
+        await lifespan.shutdown(max(0.1, hard_end - loop.time()), heartbeat=self.notify)
 
     def _ssl_context(self) -> Any:
         if not self.cfg.is_ssl:
             return None
         from gunicorn.sock import ssl_context
 
-        return ssl_context(self.cfg)
+        context = ssl_context(self.cfg)
+        context.set_alpn_protocols(["http/1.1"])  # never let a client pick h2 from us
+        return context
 
     async def _tick_until_stopped(self) -> None:
         # Gunicorn hands us half its --timeout: beating at least that often keeps us alive, and a
@@ -182,25 +198,37 @@ class ASGIWorker(base.Worker):
             except asyncio.TimeoutError:
                 pass
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, keep: "set[Any]") -> None:
         for server in self.servers:
             server.close()
         state = self.state
         if self._quick_exit:
             state.force_close()
             return
-        # Graceful: idle connections close now, busy ones after their response; whatever is
-        # still running at graceful_timeout is cut.
+        # Graceful: idle connections close now, busy ones after their response; whatever still
+        # runs near graceful_timeout is cut, leaving a little of it for the lifespan shutdown.
         state.shutdown()
-        deadline = self.loop.time() + self.cfg.graceful_timeout
-        next_tick = self.loop.time() + 1.0
-        while state.connections and self.loop.time() < deadline and not self._quick_exit:
+        loop = self.loop
+        graceful = float(self.cfg.graceful_timeout)
+        reserve = min(2.0, max(0.4, graceful * 0.1))
+        cut_at = (self._stop_at or loop.time()) + max(0.0, graceful - reserve)
+        next_tick = loop.time() + 1.0
+        while state.connections and loop.time() < cut_at and not self._quick_exit:
             self.notify()
-            if self.loop.time() >= next_tick:
+            if loop.time() >= next_tick:
                 state.tick()  # idle and slow connections keep timing out while we drain
                 next_tick += 1.0
             await asyncio.sleep(0.05)
         if state.connections:
             self.log.warning("Graceful timeout reached: closing %d connection(s)", len(state.connections))
             state.force_close()
-        await asyncio.sleep(0)
+        # The apps that were cut learn it from send()/receive(): give them a moment to wind
+        # down, then cancel what still runs, so that the lifespan shutdown comes last.
+        current = asyncio.current_task()
+        running = [t for t in asyncio.all_tasks(loop) if t is not current and t not in keep]
+        if running:
+            _, still = await asyncio.wait(running, timeout=0.2)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=0.2)
