@@ -53,7 +53,7 @@ class Settings:
     server_cert: Optional[str] = None
     proxy_protocol: str = "off"
     header_map: str = "drop"
-    ws_max_size: int = 16 * 1024 * 1024
+    ws_max_size: Optional[int] = 16 * 1024 * 1024  # None: no limit
     ws_max_queue: int = 32
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
@@ -80,14 +80,21 @@ class Settings:
             server_cert=read_server_cert(cfg.certfile) if cfg.is_ssl else None,
             proxy_protocol=mode_from_gunicorn(cfg),
             header_map=str(getattr(cfg, "header_map", "drop") or "drop"),
-            ws_max_size=_positive_int(environ, WS_MAX_SIZE_ENV,
-                                      int(getattr(cfg, "websocket_max_message_size", 0) or 16 * 1024 * 1024)),
+            ws_max_size=_ws_max_size(cfg, environ),
             ws_max_queue=_positive_int(environ, WS_MAX_QUEUE_ENV, 32),
             ws_ping_interval=_seconds(environ, WS_PING_INTERVAL_ENV, 20.0, allow_zero=True),
             ws_ping_timeout=_positive_float(environ, WS_PING_TIMEOUT_ENV, 20.0),
             ws_per_message_deflate=_flag(environ, WS_DEFLATE_ENV, False),
             proxy_protocol_peers=ProxyPolicy(_as_list(getattr(cfg, "proxy_allow_ips", ["127.0.0.1"])), {}),
         )
+
+
+def _ws_max_size(cfg: Any, environ: Mapping[str, str]) -> Optional[int]:
+    # Ours wins; else Gunicorn's --websocket-max-message-size, where 0 means no limit.
+    gunicorn_value = getattr(cfg, "websocket_max_message_size", None)
+    default = 16 * 1024 * 1024 if gunicorn_value is None else int(gunicorn_value)
+    value = _positive_int(environ, WS_MAX_SIZE_ENV, default) if environ.get(WS_MAX_SIZE_ENV) else default
+    return value or None
 
 
 def _lifespan_mode(cfg: Any, environ: Mapping[str, str]) -> str:

@@ -43,7 +43,9 @@ class WebSocketSession(asyncio.Protocol):
         self.transport: Any = None
         extensions = [ServerPerMessageDeflateFactory()] if self.settings.ws_per_message_deflate else []
         # The library enforces the limit per frame; we enforce it per message below too.
-        self.protocol = ServerProtocol(extensions=extensions, max_size=self.settings.ws_max_size)
+        # The library checks each frame (and its decompression) against the limit; the limit on
+        # a whole fragmented message is ours, below.
+        self.protocol = ServerProtocol(extensions=extensions, max_size=(None, self.settings.ws_max_size))
         self._raw_request = raw_request
         self._handshake: Any = None
         self._inbox: Deque[Dict[str, Any]] = deque()
@@ -115,7 +117,8 @@ class WebSocketSession(asyncio.Protocol):
                 self._fragment_size = 0
             self._fragments.append(frame.data)
             self._fragment_size += len(frame.data)
-            if self._fragment_size > self.settings.ws_max_size:
+            max_size = self.settings.ws_max_size
+            if max_size is not None and self._fragment_size > max_size:
                 self.protocol.fail(1009, "message too big")
                 self._fragments = []
                 return
@@ -174,10 +177,11 @@ class WebSocketSession(asyncio.Protocol):
             if not self._accepted and not self._responded:
                 self.state.log.error("WebSocket application returned without accepting or closing %s",
                                      self.scope["raw_path"].decode("latin-1"))
-            self._abort_from_app()
+            self._abort_from_app(normal=True)
 
-    def _abort_from_app(self) -> None:
-        """The app is gone: refuse the handshake (500) or close the socket (1011) if still open."""
+    def _abort_from_app(self, normal: bool = False) -> None:
+        """The app is gone: refuse the handshake (500) or close the socket if still open (1000
+        after a normal return, 1011 after an error)."""
         if self._disconnected or self.transport is None or self.transport.is_closing():
             return
         if not self._accepted:
@@ -185,7 +189,7 @@ class WebSocketSession(asyncio.Protocol):
                 self._respond_and_close(_simple_response(500, b"Internal Server Error\n"))
             return
         if self.protocol.state is State.OPEN:
-            self.protocol.send_close(1011 if self._close_code is None else 1000)
+            self.protocol.send_close(1000 if normal or self._close_code is not None else 1011)
             self._flush()
         self._close_transport_soon()
 

@@ -23,6 +23,7 @@ from asgiworker.adapters.consumer import reap_abandoned
 from asgiworker.config import ConfigurationError, Settings
 from asgiworker.http import HttpConnection, ServerState
 from asgiworker.lifespan import Lifespan, LifespanFailed
+from asgiworker.listener import Listener
 
 
 class ASGIWorker(base.Worker):
@@ -31,7 +32,7 @@ class ASGIWorker(base.Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self.servers: List[asyncio.AbstractServer] = []
+        self.servers: List[Listener] = []
         self.state: ServerState = None  # type: ignore[assignment]
         self.settings: Settings = None  # type: ignore[assignment]
         self.asgi: Any = None
@@ -161,12 +162,10 @@ class ASGIWorker(base.Worker):
             self.state.lifespan_state = lifespan.state
         ssl_context = self._ssl_context()
         state = self.state
-        for listener in self.sockets:
-            server = await loop.create_server(
-                lambda: HttpConnection(state), sock=listener.sock, ssl=ssl_context,
-                backlog=self.cfg.backlog,
-            )
-            self.servers.append(server)
+        for gunicorn_socket in self.sockets:
+            listener = Listener(loop, gunicorn_socket.sock, lambda: HttpConnection(state), ssl_context, self.log)
+            listener.start()
+            self.servers.append(listener)
         await self._tick_until_stopped()
         await self._shutdown(keep={lifespan.task})
         # Gunicorn's master SIGKILLs us graceful_timeout after its SIGTERM: finish before that.

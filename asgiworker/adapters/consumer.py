@@ -305,6 +305,11 @@ class ConsumerAdapter:
         try:
             while True:
                 event = await receive()
+                if event["type"] == "websocket.disconnect":
+                    # Replies from the disconnect handler have nowhere to go: say so.
+                    with outbox.lock:
+                        if outbox.disconnect is None:
+                            outbox.disconnect = ConnectionResetError("the WebSocket connection is closed")
                 message = dict(base)
                 message.update(event)
                 result = self.consumer(message)

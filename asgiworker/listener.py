@@ -1,0 +1,83 @@
+"""Accepting connections on a listening socket, as many as are waiting at each wake-up.
+
+libuv (hence uvloop's ``create_server``) accepts one connection per turn of the event loop. Under
+a thousand busy connections a turn is long, new clients queue in the kernel for hundreds of
+milliseconds, and tail latency explodes. We accept in a loop until the queue is empty, then hand
+each socket to uvloop as an already accepted connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import Any, Callable, Optional
+
+# Bounds one wake-up, so that accepting cannot starve the connections already being served.
+MAX_ACCEPTS_PER_WAKEUP = 512
+_RETRY_LATER = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class Listener:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 protocol_factory: Callable[[], asyncio.Protocol], ssl: Any, log: Any) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.protocol_factory = protocol_factory
+        self.ssl = ssl
+        self.log = log
+        self._reading = False
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self.loop.add_reader(self.sock.fileno(), self._accept_waiting)
+        self._reading = True
+
+    def close(self) -> None:
+        """Stop accepting. The socket itself is Gunicorn's (shared with the master and the other
+        workers): what waits in its queue goes to them."""
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def _accept_waiting(self) -> None:
+        for _ in range(MAX_ACCEPTS_PER_WAKEUP):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up while queued
+            except OSError as exc:
+                if exc.errno in _RETRY_LATER:
+                    # Out of file descriptors: leave the rest queued and look again in a moment.
+                    self.log.warning("Cannot accept connections for now: %s", exc)
+                    self.close()
+                    self.loop.call_later(0.5, self._resume)
+                    return
+                raise
+            self._adopt(conn)
+
+    def _resume(self) -> None:
+        if not self._reading:
+            self.start()
+
+    def _adopt(self, conn: socket.socket) -> None:
+        _drive(self.loop.connect_accepted_socket(self.protocol_factory, conn, ssl=self.ssl), self.log)
+
+
+def _drive(coro: Any, log: Any, _: Optional[asyncio.Future] = None) -> None:
+    """Run a short coroutine of the loop's own (no user code) without the cost of a Task: step
+    it, and step it again when the future it waits on is done."""
+    try:
+        waiting_on = coro.send(None)
+    except StopIteration:
+        return
+    except (OSError, asyncio.CancelledError) as exc:
+        log.debug("Connection not set up: %r", exc)  # e.g. a failed TLS handshake
+        return
+    if waiting_on is None:
+        asyncio.get_running_loop().call_soon(_drive, coro, log)
+        return
+    waiting_on._asyncio_future_blocking = False
+    waiting_on.add_done_callback(lambda future: _drive(coro, log, future))
