@@ -34,6 +34,8 @@ ASGIApp = Callable[[Dict[str, Any], Callable[[], Awaitable[Dict[str, Any]]], Cal
 BODY_HIGH_WATER = 256 * 1024
 BODY_LOW_WATER = 64 * 1024
 MAX_PIPELINED = 16
+# Above this, a body is handed to the transport as is rather than joined to its framing.
+_COPY_LIMIT = 64 * 1024
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
@@ -961,7 +963,10 @@ class RequestCycle:
         if body:
             body = self._bounded(body)
             self.sent = len(body)
-            conn.transport.write(head + body)
+            if len(body) > _COPY_LIMIT:
+                conn.transport.writelines((head, body))  # no copy of a large body
+            else:
+                conn.transport.write(head + body)  # one small write: one syscall
         else:
             conn.transport.write(head)
 
@@ -972,7 +977,10 @@ class RequestCycle:
         if self.chunked:
             self.sent += len(body)
             tail = b"\r\n0\r\n\r\n" if not more_body else b"\r\n"
-            transport.write(b"%x\r\n" % len(body) + bytes(body) + tail)
+            if len(body) > _COPY_LIMIT:
+                transport.writelines((b"%x\r\n" % len(body), body, tail))
+            else:
+                transport.write(b"%x\r\n" % len(body) + bytes(body) + tail)
         else:
             body = self._bounded(body)
             self.sent += len(body)

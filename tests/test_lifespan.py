@@ -195,7 +195,7 @@ def test_shutdown_is_bounded_by_graceful_timeout(gunicorn, tmp_path):
     elapsed = time.monotonic() - sent
     assert gone, "the worker waited for a shutdown that never completes:\n" + server.log()[-3000:]
     assert 1.5 <= elapsed <= 4.5, elapsed
-    assert "ASGI lifespan shutdown did not complete in 2s" in server.log()
+    assert "ASGI lifespan shutdown did not complete in" in server.log()
     events = names(read_events(rec))
     assert "shutdown-begin" in events and "shutdown" not in events, events
     # The master replaced it; the new worker ran its own startup and serves.
