@@ -200,6 +200,25 @@ def test_invalid_header_line_400(server, name):
     assert_rejected(server.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + BAD_HEADER_LINES[name] + b"\r\n\r\n", 400)
 
 
+def test_underscore_header_names_follow_gunicorn_header_map(server):
+    # Gunicorn's header_map (default "drop"): a name with "_" could pose as its "-" twin in
+    # frameworks that fold both into one key (X_Forwarded_For vs X-Forwarded-For), so it never
+    # reaches the app; "refuse" answers 400; "dangerous" passes it through.
+    request_bytes = (b"GET /scope HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\n"
+                     b"X-Kept: yes\r\nConnection: close\r\n\r\n")
+    names = [h[0] for h in scope_of(server.port, request_bytes)["headers"]]
+    assert "x-kept" in names and "x_forwarded_for" not in names, names
+    refusing = GunicornServer(APP, "--header-map", "refuse")
+    passing = GunicornServer(APP, "--header-map", "dangerous")
+    try:
+        assert_rejected(refusing.port, b"GET / HTTP/1.1\r\nHost: a\r\nX_Y: z\r\n\r\n", 400)
+        names = [h[0] for h in scope_of(passing.port, request_bytes)["headers"]]
+        assert "x_forwarded_for" in names, names
+    finally:
+        refusing.stop()
+        passing.stop()
+
+
 def test_whitespace_before_first_header_400(server):
     # RFC 9112 2.2: whitespace between the start-line and the first field line
     assert_rejected(server.port, b"GET / HTTP/1.1\r\n X: y\r\nHost: a\r\n\r\n", 400)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from asyncio import _get_running_loop
 import threading
 import time
+from threading import get_ident
 from collections import deque
 from inspect import isawaitable
 from typing import Any, Callable, Deque, Dict, Optional
@@ -145,7 +147,10 @@ class ReplyChannel:
             outbox.queue.extend(messages)
             # Set after queueing: the forwarder reads `finished` first, then drains the queue.
             outbox.finished = not messages[-1]["more_body"]
-        outbox.wake()
+        # On the loop's thread with nobody waiting yet (a consumer answering at once), the
+        # request's task will find the reply by itself; a waiting task or another thread wakes it.
+        if outbox.waiter is not None or get_ident() != outbox.thread_id:
+            outbox.wake()
 
     def __del__(self) -> None:
         outbox = self._outbox
@@ -161,8 +166,8 @@ def _to_asgi(message: Any, first: bool) -> "list[Dict[str, Any]]":
     if not isinstance(message, dict):
         raise InvalidReply(f"A reply must be a dict, got {type(message).__name__}")
     allowed = REPLY_KEYS if first else LATER_REPLY_KEYS
-    unknown = message.keys() - allowed
-    if unknown:
+    if not allowed.issuperset(message):
+        unknown = message.keys() - allowed
         if not first and unknown <= REPLY_KEYS:
             raise InvalidReply(f"{sorted(unknown)} may only be given in the first reply of a response")
         raise InvalidReply(f"Unknown reply keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -202,7 +207,7 @@ class ConsumerAdapter:
         return f"<ConsumerAdapter {self.consumer!r}>"
 
     def _channel_layer(self) -> ChannelLayer:
-        loop = asyncio.get_running_loop()
+        loop = _get_running_loop()
         layer = self._layer
         if layer is None or layer.loop is not loop:
             layer = self._layer = ChannelLayer(loop)
@@ -215,9 +220,14 @@ class ConsumerAdapter:
         if scope["type"] != "http":
             raise RuntimeError(f"Channel consumers are served for HTTP and WebSocket; scope type "
                                f"{scope['type']!r} is not supported")
-        body = await _read_body(receive)
-        if body is None:
+        request = await receive()
+        if request["type"] != "http.request":
             return  # the client left before its request was complete
+        body = request.get("body", b"")
+        if request.get("more_body", False):
+            body = await _read_rest_of_body(body, receive)
+            if body is None:
+                return
         layer = self._channel_layer()
         outbox = _Outbox(layer.loop)
         message = {
@@ -247,17 +257,14 @@ class ConsumerAdapter:
             del result
         except Exception as exc:
             error = exc
-        await self._forward(outbox, send, wait=error is None)
+        try:
+            await self._forward(outbox, send, wait=error is None)
+        finally:
+            _waiting.discard(outbox)
         if error is not None:
             raise error
 
     async def _forward(self, outbox: _Outbox, send: Callable, wait: bool) -> None:
-        try:
-            await self._forward_all(outbox, send, wait)
-        finally:
-            _waiting.discard(outbox)
-
-    async def _forward_all(self, outbox: _Outbox, send: Callable, wait: bool) -> None:
         queue = outbox.queue
         while True:
             finished = outbox.finished
@@ -416,13 +423,7 @@ def _websocket_to_asgi(message: Any) -> "list[Dict[str, Any]]":
     return out
 
 
-async def _read_body(receive: Callable) -> Optional[bytes]:
-    message = await receive()
-    if message["type"] != "http.request":
-        return None
-    body = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
+async def _read_rest_of_body(body: bytes, receive: Callable) -> Optional[bytes]:
     chunks = [body]
     while True:
         message = await receive()
