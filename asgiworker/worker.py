@@ -8,6 +8,7 @@ heartbeat, refreshes the Date header and closes idle connections, and the gracef
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -162,6 +163,9 @@ class ASGIWorker(base.Worker):
             self.state.lifespan_state = lifespan.state
         ssl_context = self._ssl_context()
         state = self.state
+        # Everything loaded so far (Gunicorn, the app, its imports) lives as long as the worker:
+        # keep it out of the garbage collector's scans, which then only walk request garbage.
+        gc.freeze()
         for gunicorn_socket in self.sockets:
             listener = Listener(loop, gunicorn_socket.sock, lambda: HttpConnection(state), ssl_context, self.log)
             listener.start()
