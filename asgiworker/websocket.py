@@ -14,7 +14,6 @@ from collections import deque
 from http import HTTPStatus
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Opcode
 from websockets.http11 import Request

@@ -128,6 +128,17 @@ def gunicorn() -> Iterator[Callable[..., GunicornServer]]:
         server.stop()
 
 
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something true (returned) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
 def raw_request(port: int, data: bytes, timeout: float = 5.0, host: str = "127.0.0.1") -> bytes:
     """Send raw bytes, read until the server closes (or the timeout), return all it sent."""
     with socket.create_connection((host, port), timeout=timeout) as s:

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 import pytest
 
 from tests.apps.http_apps import RECORD_DIR_ENV
-from tests.conftest import GunicornServer
+from tests.conftest import GunicornServer, wait_for
 
 
 def http_get(server: GunicornServer, path: str, timeout: float = 10.0) -> Tuple[Optional[int], bytes]:
@@ -43,15 +43,6 @@ def get_pid(server: GunicornServer) -> int:
     assert status == 200, data
     return int(body_of(data))
 
-
-def wait_for(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.apps.http_apps import RECORD_DIR_ENV
-from tests.conftest import GunicornServer
+from tests.conftest import GunicornServer, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -139,15 +139,6 @@ def split_head(raw: bytes) -> Tuple[bytes, Dict[bytes, List[bytes]], bytes]:
         headers.setdefault(name.strip().lower(), []).append(value.strip())
     return lines[0], headers, rest
 
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def worker_pid(server: GunicornServer) -> int:

@@ -12,28 +12,17 @@ from typing import List
 import pytest
 
 from tests.apps.drop_in_apps import (
+    names,
     RECORD_ENV, SHUTDOWN_DELAY_ENV, STARTUP_DELAY_ENV, HttpResponse, http_request, read_events,
     read_response, request_bytes,
 )
-from tests.conftest import GunicornServer
+from tests.conftest import GunicornServer, wait_for
 
 APP = "tests.apps.drop_in_apps:lifespan_app"
 NO_LIFESPAN_APP = "tests.apps.drop_in_apps:no_lifespan_app"
 FAILED_APP = "tests.apps.drop_in_apps:startup_failed_app"
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def names(events) -> List[str]:
-    return [e[2] for e in events]
 
 
 # -- startup and state ----------------------------------------------------------------------------

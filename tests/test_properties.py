@@ -11,7 +11,6 @@ ending with an empty message, or server-counted), so every response depends on t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import socket

@@ -21,19 +21,10 @@ import pytest
 from tests.apps.drop_in_apps import (
     LOGGER_RECORD_ENV, CleanClose, http_request, read_events, read_response, request_bytes,
 )
-from tests.conftest import _HAS_CONTROL_SOCKET, ROOT, GunicornServer
+from tests.conftest import _HAS_CONTROL_SOCKET, GunicornServer, ROOT, wait_for
 
 APP = "tests.apps.drop_in_apps:lifespan_app"
 
-
-def wait_for(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def read_text(path: Path) -> str:

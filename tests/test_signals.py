@@ -15,26 +15,15 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from tests.apps.drop_in_apps import (
+    names,
     RECORD_ENV, CleanClose, HttpResponse, http_request, read_events, read_response, reloadable_source,
     request_bytes,
 )
-from tests.conftest import GunicornServer
+from tests.conftest import GunicornServer, wait_for
 
 APP = "tests.apps.drop_in_apps:lifespan_app"
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def names(events) -> List[str]:
-    return [e[2] for e in events]
 
 
 def try_get(server: GunicornServer, path: str) -> Optional[HttpResponse]:

@@ -103,6 +103,17 @@ class _Outbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    async def send_queued(self, send: Callable) -> None:
+        """Hand every queued reply to the ASGI ``send``, in order; remember a disconnect, so
+        that the consumer's next ``send()`` raises it too."""
+        queue = self.queue
+        while queue:
+            try:
+                await send(queue.popleft())
+            except OSError as exc:
+                self.disconnect = exc
+                raise
+
     async def wait(self, reap: bool = True) -> None:
         if reap and self not in _waiting:
             self.next_gc = time.monotonic() + self.gc_interval
@@ -268,12 +279,8 @@ class ConsumerAdapter:
         queue = outbox.queue
         while True:
             finished = outbox.finished
-            while queue:
-                try:
-                    await send(queue.popleft())
-                except OSError as exc:
-                    outbox.disconnect = exc
-                    raise
+            if queue:
+                await outbox.send_queued(send)
             if finished:
                 if outbox.failure is not None and wait:
                     raise InvalidReply(f"{self.consumer!r} sent an invalid reply: {outbox.failure}")
@@ -340,15 +347,12 @@ class ConsumerAdapter:
 
     @staticmethod
     async def _forward_websocket(outbox: _Outbox, send: Callable) -> None:
-        queue = outbox.queue
         while True:
             finished = outbox.finished
-            while queue:
-                try:
-                    await send(queue.popleft())
-                except OSError as exc:
-                    outbox.disconnect = exc
-                    return
+            try:
+                await outbox.send_queued(send)
+            except OSError:
+                return
             if finished or outbox.disconnect is not None:
                 return
             await outbox.wait(reap=False)

@@ -52,6 +52,11 @@ def read_events(path: Any) -> List[Tuple[float, int, str]]:
     return events
 
 
+def names(events) -> "list[str]":
+    """The event names of read_events()' (time, pid, name) records."""
+    return [e[2] for e in events]
+
+
 # -- HTTP helpers -------------------------------------------------------------------------------
 
 def _query(scope: Dict[str, Any]) -> Dict[str, str]:
