@@ -118,9 +118,25 @@ def consumer_hello(message):
     })
 
 
-# Later (not measured yet): a WebSocket echo app goes here, e.g.
-#   async def ws_echo(scope, receive, send): accept, then send back every message received.
-# Servers without WebSocket support in a given configuration would be skipped for it.
+async def ws_echo(scope, receive, send):
+    """WebSocket echo: accept, then send back every message received (text as text, bytes as
+    bytes). Plain HTTP requests (the runner's readiness and answer checks) get the hello."""
+    if scope["type"] == "http":
+        return await hello(scope, receive, send)
+    if scope["type"] != "websocket":
+        return await _lifespan(receive, send)
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "websocket.connect":
+            await send({"type": "websocket.accept"})
+        elif kind == "websocket.receive":
+            if message.get("text") is not None:
+                await send({"type": "websocket.send", "text": message["text"]})
+            else:
+                await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
+        else:  # websocket.disconnect
+            return
 
 
 def expected_body(app_name):
@@ -132,4 +148,5 @@ def expected_body(app_name):
         "stream": CHUNK * STREAM_CHUNKS,
         "big": MIB,
         "echo": POST_BODY,
+        "ws_echo": HELLO,  # its plain HTTP answer; the echo itself is checked by wsclient.py
     }[app_name]

@@ -71,8 +71,10 @@ WORKLOADS = [
     Workload("1mib-16", "big", 16, note="1 MiB body in one send"),
     Workload("post-64k-64", "echo", 64, lua="post64k.lua", note="64 KiB POST echoed back"),
     Workload("hello-close-16", "hello", 16, close=True, note="'Connection: close': a new connection per request"),
-    # Later (see MEASURES): Workload("ws-echo-64", "ws_echo", 64, kind="ws") and
-    # Workload("idle-rss-10k", "hello", 10000, kind="idle-rss").
+    Workload("ws-echo-64", "ws_echo", 64, kind="ws",
+             note="WebSocket echo of a 16-byte text message, 64 connections (bench/wsclient.py)"),
+    Workload("idle-rss-10k", "hello", 10000, kind="idle-rss",
+             note="10,000 idle keep-alive connections after one GET each: server RSS growth per connection"),
 ]
 
 
@@ -108,6 +110,22 @@ def server_commands() -> Dict[str, object]:
         "--backlog", "2048", "--log-level", "warning", f"apps:{app}",
     ]
     return servers
+
+
+def extra_args(name: str, workload: Workload) -> List[str]:
+    """Options a workload kind needs on top of the usual command (later options win in Gunicorn)."""
+    if workload.kind == "idle-rss":
+        # 10,000 connections must all be accepted and stay open while the RSS is read.
+        if name == "granian":  # HTTP/1 keep-alive has no idle timeout; the cap is backpressure
+            return ["--backpressure", "20000"]
+        return ["--worker-connections", "20000", "--keep-alive", "600"]
+    return []
+
+
+def server_argv(name: str, argv_for, workload: Workload, port: int) -> List[str]:
+    argv = argv_for(workload.app, port)
+    extra = extra_args(name, workload)
+    return argv[:-1] + extra + argv[-1:] if name == "granian" else argv + extra  # granian: app last
 
 
 def _die_with_parent() -> None:
@@ -366,7 +384,122 @@ def measure_wrk(server: Server, workload: Workload, url: str, args, tmp: Path, l
 #                measure_rss(server.pgid) minus the RSS before, per connection.
 # summarize() and markdown() read the wrk fields (rps, latencies, cpu_us_per_req, errors): a new
 # kind returns those it has and gets its own table section for the rest.
-MEASURES = {"wrk": measure_wrk}
+def proc_cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / CLK_TCK
+    except (OSError, IndexError):
+        return 0.0
+
+
+class Client:
+    """A Python load client pinned to CPU 1, talking to the runner line by line on stdout."""
+
+    def __init__(self, script: str, argv: List[str], log: Path, limit_s: float) -> None:
+        self.log_path = log
+        self.err = open(log, "w")
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", WRK_CPU, sys.executable, str(HERE / script), *argv], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self.err, text=True, preexec_fn=_die_with_parent)
+        self.deadline = time.monotonic() + limit_s
+        import threading
+        self.timer = threading.Timer(limit_s, self.proc.kill)
+        self.timer.daemon = True
+        self.timer.start()
+        self.lines: List[str] = []
+
+    def expect(self, prefix: str) -> str:
+        """The next stdout line starting with prefix (its rest), or BenchError."""
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.close()
+                raise BenchError(f"{self.log_path.name}: the client ended without '{prefix}':\n"
+                                 + "".join(self.lines[-10:]) + self.log_path.read_text(errors="replace")[-3000:])
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+    def send(self, text: str) -> None:
+        self.proc.stdin.write(text)
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        self.timer.cancel()
+        try:
+            self.proc.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.err.close()
+
+
+def measure_ws(server: Server, workload: Workload, url: str, args, tmp: Path, logs: Path, tag: str) -> dict:
+    """The "ws" kind: bench/wsclient.py (one asyncio process on CPU 1) echoes 16-byte text
+    messages over N connections; the server's CPU time is read between its GO and its result."""
+    client = Client("wsclient.py", ["--port", str(server.port), "--connections", str(workload.connections),
+                                    "--warmup", str(args.warmup), "--duration", str(args.duration)],
+                    logs / f"{tag}.client.txt", args.warmup + args.duration + 60)
+    try:
+        client.expect("GO")
+        cpu_before, client_cpu_before = group_cpu_seconds(server.pgid), proc_cpu_seconds(client.proc.pid)
+        cpu0_before, cpu1_before, t0 = cpu_busy_seconds(SERVER_CPU), cpu_busy_seconds(WRK_CPU), time.monotonic()
+        tcp_before = tcp_counters()
+        res = json.loads(client.expect("BENCH_RESULT "))
+        cpu_after, client_cpu_after = group_cpu_seconds(server.pgid), proc_cpu_seconds(client.proc.pid)
+        cpu0_after, cpu1_after, t1 = cpu_busy_seconds(SERVER_CPU), cpu_busy_seconds(WRK_CPU), time.monotonic()
+        tcp_after = tcp_counters()
+    finally:
+        client.close()
+    (logs / f"{tag}.client.txt").write_text("".join(client.lines) + client.log_path.read_text(errors="replace"))
+    server_cpu, client_cpu, elapsed = cpu_after - cpu_before, client_cpu_after - client_cpu_before, t1 - t0
+    msgs = res["messages"]
+    return {
+        "requests": msgs,
+        "rps": msgs / (res["duration_us"] / 1e6),
+        "lat_p50_ms": res["lat_p50_us"] / 1000, "lat_p90_ms": res["lat_p90_us"] / 1000,
+        "lat_p99_ms": res["lat_p99_us"] / 1000, "lat_max_ms": res["lat_max_us"] / 1000,
+        "cpu_us_per_req": server_cpu / msgs * 1e6 if msgs else None,
+        "server_cpu_s": round(server_cpu, 3),
+        "server_cpu_pct": round(100 * server_cpu / elapsed, 1),
+        "wrk_cpu_pct": round(100 * client_cpu / elapsed, 1),  # here: wsclient.py's CPU
+        "cpu0_foreign_pct": round(max(0.0, 100 * ((cpu0_after - cpu0_before) - server_cpu) / elapsed), 1),
+        "cpu1_foreign_pct": round(max(0.0, 100 * ((cpu1_after - cpu1_before) - client_cpu) / elapsed), 1),
+        "socket_errors": res["closed"], "non_2xx": res["wrong_echo"],
+        "wrk_errors": {"closed": res["closed"], "wrong_echo": res["wrong_echo"]},
+        "tcp_counters": {k: tcp_after[k] - tcp_before[k] for k in NETSTAT_KEYS},
+    }
+
+
+def measure_idle_rss(server: Server, workload: Workload, url: str, args, tmp: Path, logs: Path, tag: str) -> dict:
+    """The "idle-rss" kind: bench/idleconns.py opens N keep-alive connections, one GET each, and
+    holds them open; the growth of the server group's RSS, per connection, is the figure."""
+    time.sleep(0.5)
+    rss_before = measure_rss(server.pgid)
+    client = Client("idleconns.py", ["--port", str(server.port), "--connections", str(workload.connections)],
+                    logs / f"{tag}.client.txt", 180)
+    try:
+        opened = json.loads(client.expect("OPEN "))
+        time.sleep(1.0)  # let the server settle (the last responses were read already)
+        rss_after = measure_rss(server.pgid)
+        client.send("check\n")
+        res = json.loads(client.expect("BENCH_RESULT "))
+    finally:
+        client.close()
+    (logs / f"{tag}.client.txt").write_text("".join(client.lines) + client.log_path.read_text(errors="replace"))
+    still_open = res["open"] - res["closed_by_server"]
+    return {
+        "open": res["open"], "failed": res["failed"], "closed_by_server": res["closed_by_server"],
+        "failures": res["failures"], "open_s": opened.get("open_s"),
+        "rss_before_mib": round(rss_before, 2), "rss_after_mib": round(rss_after, 2),
+        "kib_per_conn": (rss_after - rss_before) * 1024 / res["open"] if res["open"] else None,
+        "still_open": still_open,
+        "socket_errors": res["failed"] + res["closed_by_server"], "non_2xx": 0,
+    }
+
+
+MEASURES = {"wrk": measure_wrk, "ws": measure_ws, "idle-rss": measure_idle_rss}
 
 
 def one_run(name: str, argv_for, workload: Workload, rnd: int, args, tmp: Path, post_file: Path, logs: Path,
@@ -375,7 +508,7 @@ def one_run(name: str, argv_for, workload: Workload, rnd: int, args, tmp: Path, 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     tag = f"r{rnd}-{workload.name}-{name}"
-    server = Server(name, argv_for(workload.app, port), port, logs / f"{tag}.server.log")
+    server = Server(name, server_argv(name, argv_for, workload, port), port, logs / f"{tag}.server.log")
     current.append(server)
     note_running(current)
     try:
@@ -417,7 +550,25 @@ def summarize(runs: List[dict], workloads: List[Workload], servers: List[str]) -
             if not mine:
                 continue
             med = lambda key: statistics.median(r[key] for r in mine if r[key] is not None)  # noqa: E731
-            rows.append({
+            common = {
+                "socket_errors": sum(r["socket_errors"] for r in mine),
+                "non_2xx": sum(r["non_2xx"] for r in mine),
+                "worker_replaced": sum(r["worker_replaced"] for r in mine),
+                "post_check_failed": sum(not r["post_check_ok"] for r in mine),
+                "log_problems": sum(len(r["log_problems"]) for r in mine),
+            }
+            if w.kind == "idle-rss":
+                per = [r["kib_per_conn"] for r in mine if r["kib_per_conn"] is not None]
+                rows.append({
+                    "workload": w.name, "server": s, "kind": w.kind, "rounds": len(mine),
+                    "kib_per_conn": statistics.median(per) if per else None,
+                    "kib_per_conn_best": min(per) if per else None,
+                    "rss_before_mib": med("rss_before_mib"), "rss_after_mib": med("rss_after_mib"),
+                    "open_min": min(r["open"] for r in mine), "still_open_min": min(r["still_open"] for r in mine),
+                    "connections": w.connections, **common,
+                })
+                continue
+            rows.append({"kind": w.kind,
                 "workload": w.name, "server": s, "rounds": len(mine),
                 "rps_median": med("rps"), "rps_best": max(r["rps"] for r in mine),
                 "lat_p50_ms": med("lat_p50_ms"), "lat_p99_ms": med("lat_p99_ms"),
@@ -430,10 +581,15 @@ def summarize(runs: List[dict], workloads: List[Workload], servers: List[str]) -
                 "server_cpu_pct": med("server_cpu_pct"),
                 "cpu0_foreign_pct": med("cpu0_foreign_pct"),
                 "cpu1_foreign_pct": med("cpu1_foreign_pct"),
+                "client_cpu_pct": med("wrk_cpu_pct"),
             })
     by_key = {(r["workload"], r["server"]): r for r in rows}
     for r in rows:
         base = by_key.get((r["workload"], BASELINE))
+        if r["kind"] == "idle-rss":
+            r["rss_vs_baseline"] = (r["kib_per_conn"] / base["kib_per_conn"]
+                                    if base and base["kib_per_conn"] and r["kib_per_conn"] is not None else None)
+            continue
         r["rps_vs_baseline"] = r["rps_median"] / base["rps_median"] if base else None
         r["cpu_vs_baseline"] = r["cpu_us_per_req"] / base["cpu_us_per_req"] if base and base["cpu_us_per_req"] else None
     for w in workloads:
@@ -461,6 +617,21 @@ def markdown(rows: List[dict], meta: dict) -> str:
         "| CPU µs/req | CPU/req vs uvicorn-worker | server CPU % | errors (socket / non-2xx) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    def flagged(r):
+        flags = []
+        if r["worker_replaced"]:
+            flags.append(f"worker replaced in {r['worker_replaced']} run(s)")
+        if r["post_check_failed"]:
+            flags.append("wrong answer after the run")
+        if r["log_problems"]:
+            flags.append(f"{r['log_problems']} error line(s) in log")
+        return " **" + "; ".join(flags) + "**" if flags else ""
+
+    ws_rows = [r for r in rows if r["kind"] == "ws"]
+    rss_rows = [r for r in rows if r["kind"] == "idle-rss"]
+    rows = [r for r in rows if r["kind"] == "wrk"]
+    if not rows:
+        out = out[:1]  # no HTTP table
     for r in rows:
         flags = []
         if r["worker_replaced"]:
@@ -476,10 +647,40 @@ def markdown(rows: List[dict], meta: dict) -> str:
             f"| {ratio(r['rps_vs_baseline'])} | {r['lat_p50_ms']:.2f} | {r['lat_p99_ms']:.2f} "
             f"| {cpu} | {ratio(r['cpu_vs_baseline'])} | {r['server_cpu_pct']:.0f} | {errors} |"
         )
+    if ws_rows:
+        out += ["", "WebSocket echo (bench/wsclient.py, one asyncio process on CPU 1; a message = a 16-byte text "
+                    "sent and its echo received; latency = that round trip; errors = connections lost / wrong echoes; "
+                    "client CPU % shows whether the client, not the server, was the limit):", "",
+                "| workload | server | msgs/s median | msgs/s best | msgs/s vs uvicorn-worker | p50 ms | p99 ms "
+                "| CPU µs/msg | CPU/msg vs uvicorn-worker | server CPU % | client CPU % | errors (lost / wrong echo) |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in ws_rows:
+            cpu = f"{r['cpu_us_per_req']:.1f}" if r["cpu_us_per_req"] is not None else "?"
+            out.append(
+                f"| {r['workload']} | {r['server']} | {r['rps_median']:,.0f} | {r['rps_best']:,.0f} "
+                f"| {ratio(r['rps_vs_baseline'])} | {r['lat_p50_ms']:.2f} | {r['lat_p99_ms']:.2f} "
+                f"| {cpu} | {ratio(r['cpu_vs_baseline'])} | {r['server_cpu_pct']:.0f} | {r['client_cpu_pct']:.0f} "
+                f"| {r['socket_errors']} / {r['non_2xx']}{flagged(r)} |")
+    if rss_rows:
+        out += ["", "Idle connections (bench/idleconns.py: each sends one `GET /`, reads the answer and stays open; "
+                    "RSS of the server's whole process group before and after, median over rounds; "
+                    "gunicorn-based servers run with `--worker-connections 20000 --keep-alive 600`, granian with "
+                    "`--backpressure 20000`; lower is better):", "",
+                "| workload | server | KiB/conn median | KiB/conn best | vs uvicorn-worker | RSS before MiB | RSS after MiB "
+                "| open (min) | still open at the end (min) | errors (failed + closed) |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in rss_rows:
+            kib = "?" if r["kib_per_conn"] is None else f"{r['kib_per_conn']:.2f}"
+            best = "?" if r["kib_per_conn_best"] is None else f"{r['kib_per_conn_best']:.2f}"
+            out.append(
+                f"| {r['workload']} | {r['server']} | {kib} | {best} | {ratio(r['rss_vs_baseline'])} "
+                f"| {r['rss_before_mib']:.1f} | {r['rss_after_mib']:.1f} | {r['open_min']:,} / {r['connections']:,} "
+                f"| {r['still_open_min']:,} | {r['socket_errors']}{flagged(r)} |")
     for r in rows:
         if "compared_to" in r:
             out += ["", f"{r['workload']} ({r['server']}) vs {r['compared_to']} ({r['server']}): "
                         f"req/s {r['rps_vs_compared']:.2f}x, CPU per request {r['cpu_vs_compared']:.2f}x."]
+    rows = rows + ws_rows
     if rows:
         f0 = [r["cpu0_foreign_pct"] for r in rows]
         f1 = [r["cpu1_foreign_pct"] for r in rows]
@@ -548,6 +749,7 @@ def main() -> int:
             "versions": versions(), "loadavg_start": open("/proc/loadavg").read().split()[:3],
             "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             "commands": {s: commands[s]("APP", 0) for s in servers},
+            "extra_args": {w.kind: {s: extra_args(s, w) for s in servers} for w in workloads},
             "workloads": {w.name: {"app": w.app, "connections": w.connections, "close": w.close,
                                    "lua": w.lua, "note": w.note} for w in workloads}}
     if meta["nofile"] < 2 * 1000 + 100:
@@ -582,6 +784,11 @@ def main() -> int:
                 runs.append(run)
                 note = "" if not (run["socket_errors"] or run["non_2xx"] or run["worker_replaced"]
                                   or run["log_problems"] or not run["post_check_ok"]) else "  <-- problems, see logs"
+                if w.kind == "idle-rss":
+                    print(f"[{i}/{len(plan)}] round {rnd} {w.name:<18} {s:<15} {run['kib_per_conn'] or 0:6.2f} KiB/conn "
+                          f"RSS {run['rss_before_mib']:.1f} -> {run['rss_after_mib']:.1f} MiB, open {run['open']}, "
+                          f"still open {run['still_open']}, failed {run['failed']}{note}", file=sys.stderr)
+                    continue
                 print(f"[{i}/{len(plan)}] round {rnd} {w.name:<18} {s:<15} {run['rps']:>9,.0f} req/s "
                       f"p99 {run['lat_p99_ms']:7.2f} ms  cpu {run['cpu_us_per_req'] or 0:6.1f} µs/req  "
                       f"server {run['server_cpu_pct']:3.0f}% wrk {run['wrk_cpu_pct']:3.0f}% "
