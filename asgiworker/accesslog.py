@@ -41,7 +41,7 @@ class _Request:
         self.headers = headers
 
 
-def _text_pairs(pairs: Iterable[Any], upper: bool) -> List[Tuple[str, str]]:
+def text_pairs(pairs: Iterable[Any], upper: bool) -> List[Tuple[str, str]]:
     out = []
     for name, value in pairs:
         name = bytes(name).decode("latin-1")
@@ -49,7 +49,7 @@ def _text_pairs(pairs: Iterable[Any], upper: bool) -> List[Tuple[str, str]]:
     return out
 
 
-def _environ(scope: Dict[str, Any], headers: List[Tuple[str, str]]) -> Dict[str, Any]:
+def environ_for(scope: Dict[str, Any], headers: List[Tuple[str, str]]) -> Dict[str, Any]:
     query = scope["query_string"].decode("latin-1")
     raw_uri = scope["raw_path"].decode("latin-1") + ("?" + query if query else "")
     client = scope.get("client") or ("-", 0)
@@ -72,10 +72,13 @@ def _environ(scope: Dict[str, Any], headers: List[Tuple[str, str]]) -> Dict[str,
 
 def log_access(log: Any, scope: Dict[str, Any], status: int, response_headers: Iterable[Any],
                sent: int, seconds: float) -> None:
-    request_headers = _text_pairs(scope["headers"], upper=True)
+    request_headers = text_pairs(scope["headers"], upper=True)
+    log.access(response_for(status, response_headers, sent), _Request(request_headers),
+               environ_for(scope, request_headers), timedelta(seconds=max(seconds, 0.0)))
+
+
+def response_for(status: int, headers: Iterable[Any], sent: int) -> _Response:
     try:
-        response = _Response(status, _text_pairs(response_headers, upper=False), sent)
+        return _Response(status, text_pairs(headers, upper=False), sent)
     except (TypeError, ValueError):
-        response = _Response(status, [], sent)
-    log.access(response, _Request(request_headers), _environ(scope, request_headers),
-               timedelta(seconds=max(seconds, 0.0)))
+        return _Response(status, [], sent)

@@ -53,6 +53,9 @@ class Settings:
     server_cert: Optional[str] = None
     proxy_protocol: str = "off"
     header_map: str = "drop"
+    disconnect_grace: float = 3.0
+    # Gunicorn's pre_request/post_request hooks, when set (see hooks.py); filled by the worker.
+    request_hooks: Any = None
     ws_max_size: Optional[int] = 16 * 1024 * 1024  # None: no limit
     ws_max_queue: int = 32
     ws_ping_interval: float = 20.0
@@ -80,6 +83,7 @@ class Settings:
             server_cert=read_server_cert(cfg.certfile) if cfg.is_ssl else None,
             proxy_protocol=mode_from_gunicorn(cfg),
             header_map=str(getattr(cfg, "header_map", "drop") or "drop"),
+            disconnect_grace=float(getattr(cfg, "asgi_disconnect_grace_period", 3)),
             ws_max_size=_ws_max_size(cfg, environ),
             ws_max_queue=_positive_int(environ, WS_MAX_QUEUE_ENV, 32),
             ws_ping_interval=_seconds(environ, WS_PING_INTERVAL_ENV, 20.0, allow_zero=True),

@@ -37,7 +37,7 @@ MAX_PIPELINED = 16
 # Above this, a body is handed to the transport as is rather than joined to its framing.
 _COPY_LIMIT = 64 * 1024
 
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.5"}
 
 
 class _Reject(Exception):
@@ -221,6 +221,11 @@ class HttpConnection(asyncio.Protocol):
         for cycle in (self._active, self._parsing, *self._pipeline):
             if cycle is not None:
                 cycle.on_disconnect()
+        active = self._active
+        if active is not None and active.task is not None and not active.task.done():
+            # Gunicorn's asgi_disconnect_grace_period: the app has seen its disconnect; if it
+            # is still running after the grace period, it is cancelled.
+            self.loop.call_later(self.settings.disconnect_grace, _cancel_if_running, active.task)
         self._pipeline.clear()
         self._wake_drain()
 
@@ -641,6 +646,11 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
 
+def _cancel_if_running(task: "asyncio.Task") -> None:
+    if not task.done():
+        task.cancel()
+
+
 class _NoCallbacks:
     pass
 
@@ -739,6 +749,8 @@ class RequestCycle:
 
     async def run(self) -> None:
         conn = self.conn
+        if conn.settings.request_hooks is not None:
+            conn.settings.request_hooks.before(self.scope)
         try:
             await conn.state.app(self.scope, self.receive, self.send)
         except ClientDisconnected:
@@ -775,14 +787,18 @@ class RequestCycle:
             conn._close()
             return
         if self.head_sent:
-            self._log_access(self.status)
+            self._report(self.status)
             conn.abort()
         else:
-            self._log_access(500)
+            self._report(500)
             conn._send_and_close(error_response(500, "Internal Server Error", conn.state.default_headers))
 
-    def _log_access(self, status: int) -> None:
+    def _report(self, status: int) -> None:
+        """The request is over: Gunicorn's post_request hook and access log, when set."""
         conn = self.conn
+        headers = self.headers if self.head_sent else ()
+        if conn.settings.request_hooks is not None:
+            conn.settings.request_hooks.after(self.scope, status, headers, self.sent)
         if conn.settings.access_log:
             log_access(conn.state.log, self.scope, status, self.headers if self.head_sent else (),
                        self.sent, perf_counter() - self.started)
@@ -877,8 +893,8 @@ class RequestCycle:
         self.response_complete = True
         self.body = []
         self.wake()
-        if conn.settings.access_log:
-            self._log_access(self.status)
+        if conn.settings.access_log or conn.settings.request_hooks is not None:
+            self._report(self.status)
         conn.state.request_done()
         conn.response_complete(self)
 

@@ -19,12 +19,23 @@ import uvloop
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers import base
 
-from asgiworker import adapters
+from asgiworker import adapters, hooks
 from asgiworker.adapters.consumer import reap_abandoned
 from asgiworker.config import ConfigurationError, Settings
 from asgiworker.http import HttpConnection, ServerState
 from asgiworker.lifespan import Lifespan, LifespanFailed
 from asgiworker.listener import Listener
+
+
+# Gunicorn's parser leniencies: our contract (docs/http.md) refuses these requests whatever the
+# setting, since each leniency is a request-smuggling risk.
+_LENIENCIES_NOT_HONOURED = {
+    "permit_obsolete_folding": "obs-fold header lines are always refused with 400",
+    "strip_header_spaces": "whitespace before a header's colon is always refused with 400",
+    "permit_unconventional_http_method": "unknown methods get 501, invalid ones 400",
+    "permit_unconventional_http_version": "versions other than HTTP/1.0 and 1.1 get 505",
+    "casefold_http_method": "methods are case-sensitive",
+}
 
 
 class ASGIWorker(base.Worker):
@@ -57,6 +68,10 @@ class ASGIWorker(base.Worker):
         if "h2" in (getattr(cfg, "http_protocols", None) or ()):
             log.warning("asgiworker speaks HTTP/1.1 only: --http-protocols h2 is ignored "
                         "(TLS offers http/1.1 alone over ALPN)")
+        for name, why in _LENIENCIES_NOT_HONOURED.items():
+            setting = cfg.settings.get(name)
+            if setting is not None and setting.get() != setting.default:
+                log.warning("asgiworker does not honour --%s: %s", name.replace("_", "-"), why)
         if cfg.threads > 1:
             log.warning("asgiworker ignores --threads (%d): one event loop serves all connections; "
                         "use --worker-connections to bound them", cfg.threads)
@@ -68,6 +83,7 @@ class ASGIWorker(base.Worker):
                 raise ConfigurationError(f"asgiworker serves HTTP only, not --protocol {self.cfg.protocol}: "
                                          "remove the option or use another worker class")
             self.settings = Settings.from_gunicorn(self.cfg)
+            self.settings.request_hooks = hooks.from_gunicorn(self, self.cfg, self.log)
             try:
                 self.wsgi = self.app.wsgi()
             except SyntaxError as exc:
