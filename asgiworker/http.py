@@ -171,7 +171,7 @@ class HttpConnection(asyncio.Protocol):
         self._since_boundary: Optional[bytes] = None
         self._websocket: Optional[WebSocketSession] = None
         self._websocket_leftover = b""
-        self._extensions: Optional[Dict[str, Any]] = None
+        self._extensions: Dict[str, Any] = HTTP_EXTENSIONS
         self._proxy_buffer: Optional[bytes] = b"" if self.settings.proxy_protocol != "off" else None
         self._forwarded: Optional[List[Tuple[bytes, bytes]]] = None
         self._parsing: Optional[RequestCycle] = None
@@ -204,7 +204,7 @@ class HttpConnection(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.scheme = "https"
-            self._extensions = {"tls": tls_extension(ssl_object, self.settings.server_cert)}
+            self._extensions = {**HTTP_EXTENSIONS, "tls": tls_extension(ssl_object, self.settings.server_cert)}
         proxy = self.settings.proxy
         if proxy is not None and proxy.trusts(self.client[0] if self.client else None):
             self._special = self.state.proxied_headers
@@ -439,8 +439,7 @@ class HttpConnection(asyncio.Protocol):
         }
         if self.state.lifespan_state is not None:
             scope["state"] = self.state.lifespan_state.copy()
-        if self._extensions is not None:
-            scope["extensions"] = self._extensions
+        scope["extensions"] = self._extensions
         if self._upgrade is not None and method == "GET" and parser.should_upgrade() \
                 and is_websocket_upgrade(self._upgrade):
             # Handed over once httptools stops at the upgrade (see data_received).
@@ -705,6 +704,23 @@ async def _finish(coro: Any, waiting_on: Any) -> None:
             return
 
 
+def _respond(send: Callable[..., Any], status: int, headers: Any, body: bytes) -> bool:
+    """The `asgiworker.respond` extension: given the `send` of an HTTP scope, send a whole
+    response synchronously and return True; False if `send` is not ours (a middleware wrapped
+    it), and the caller then uses `send` as usual. For our own adapters (channel consumers),
+    whose replies are complete before they reach the server."""
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is not RequestCycle:
+        return False
+    cycle.respond(status, headers, body)
+    return True
+
+
+# Offered in every HTTP scope's `extensions` (one shared dict: apps must not mutate scopes'
+# extension values, and ours holds no per-request state).
+HTTP_EXTENSIONS = {"asgiworker.respond": {"respond": _respond}}
+
+
 class RequestCycle:
     """One request and its response: the ASGI ``receive``/``send`` pair and the framing state."""
 
@@ -886,6 +902,28 @@ class RequestCycle:
             if conn._writing_paused:
                 await conn.drain()
             return
+        self._complete()
+
+    def respond(self, status: int, headers: Any, body: bytes) -> None:
+        """A whole response at once: what `http.response.start` and one final
+        `http.response.body` do, without two awaits (the `asgiworker.respond` extension)."""
+        if self.disconnected or self.conn._closed:
+            self.on_disconnect()
+            raise ClientDisconnected("the client has closed the connection")
+        if self.response_started:
+            raise RuntimeError("The response has already started")
+        if type(status) is not int or not 100 <= status <= 999:
+            raise RuntimeError("ASGI 'status' must be an int between 100 and 999, got %r" % (status,))
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise RuntimeError("ASGI 'body' must be bytes, got %s" % type(body).__name__)
+        self.status = status
+        self.headers = headers
+        self.response_started = True
+        self._write_head_and_body(body, False)
+        self._complete()
+
+    def _complete(self) -> None:
+        conn = self.conn
         if self.remaining:
             conn.state.log.error("Response to %s %s ended %d bytes short of its Content-Length; closing the connection",
                                  self.scope["method"], self.scope["raw_path"].decode("latin-1"), self.remaining)

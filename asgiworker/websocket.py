@@ -408,7 +408,7 @@ def websocket_scope(http_scope: Dict[str, Any]) -> Dict[str, Any]:
     scope["type"] = "websocket"
     scope["scheme"] = "wss" if http_scope["scheme"] == "https" else "ws"
     scope["subprotocols"] = subprotocols(http_scope["headers"])
-    extensions = dict(http_scope.get("extensions") or {})
+    extensions = {k: v for k, v in (http_scope.get("extensions") or {}).items() if k == "tls"}
     extensions["websocket.http.response"] = {}
     scope["extensions"] = extensions
     scope.pop("method", None)

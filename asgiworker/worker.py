@@ -96,7 +96,7 @@ class ASGIWorker(base.Worker):
                     self.reloader.add_extra_file(exc.filename)
                 self.asgi = adapters.error_app("".join(traceback.format_exception(exc)))
                 return
-            self.asgi = adapters.load(self.wsgi, self.settings.app_kind)
+            self.asgi = adapters.load(self.wsgi, self.settings.app_kind, loop=self.loop)
         except (adapters.AppKindError, ConfigurationError) as exc:
             self.log.error("asgiworker cannot start: %s", exc)
             # WORKER_BOOT_ERROR makes the master halt instead of respawning us forever.

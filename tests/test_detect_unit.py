@@ -463,3 +463,31 @@ def test_loaded_consumer_serves_as_asgi3():
     assert (sent[1]["body"], sent[1]["more_body"]) == (b"payload", True)
     assert (sent[2]["body"], sent[2]["more_body"]) == (b"!", False)
     assert seen["type"] == "http.request" and seen["body"] == b"payload" and seen["path"] == "/p"
+
+
+def test_consumer_adapter_behind_a_middleware_still_answers():
+    # The adapter's synchronous fast path (the `asgiworker.respond` extension) must give way to
+    # the plain ASGI `send` when a middleware wrapped it.
+    import asyncio
+
+    from asgiworker.adapters import load
+    from asgiworker.http import HTTP_EXTENSIONS
+
+    def consumer(message):
+        message["reply_channel"].send({"status": 203, "content": b"via middleware"})
+
+    adapter = load(consumer, "consumer")
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def wrapped_send(message):  # a middleware's own send: not the server's
+        sent.append(message)
+
+    scope = {"type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/",
+             "raw_path": b"/", "query_string": b"", "root_path": "", "headers": [], "client": None,
+             "server": None, "extensions": HTTP_EXTENSIONS}
+    asyncio.run(adapter(scope, receive, wrapped_send))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 203 and sent[1]["body"] == b"via middleware"

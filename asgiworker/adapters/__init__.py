@@ -35,11 +35,12 @@ def asgi3(fn: Callable[..., Any]) -> ForcedKind:
     return ForcedKind(fn, "asgi3")
 
 
-def load(app: Any, kind: str = "auto") -> Callable[..., Any]:
+def load(app: Any, kind: str = "auto", loop: Any = None) -> Callable[..., Any]:
     """Return the ASGI 3 callable that serves ``app``.
 
     ``kind`` is ``auto`` or one of ``KINDS``; a wrapper applied in code wins over it, since
     whoever wrapped the app knew best. Raises ``AppKindError`` with the fix when undecidable.
+    ``loop``: the one event loop the callable will ever run on, if the server knows it.
     """
     if isinstance(app, ForcedKind):
         kind, app = app.kind, app.app
@@ -53,7 +54,7 @@ def load(app: Any, kind: str = "auto") -> Callable[..., Any]:
         return app
     if kind == "asgi2":
         return asgi2_to_asgi3(app)
-    return ConsumerAdapter(app)
+    return ConsumerAdapter(app, loop)
 
 
 def error_app(text: str) -> Callable[..., Any]:

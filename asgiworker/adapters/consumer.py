@@ -210,14 +210,20 @@ def _to_asgi(message: Any, first: bool) -> "list[Dict[str, Any]]":
 class ConsumerAdapter:
     """Serves a channel-style consumer as an ASGI 3 application."""
 
-    def __init__(self, consumer: Callable[[Dict[str, Any]], Any]) -> None:
+    def __init__(self, consumer: Callable[[Dict[str, Any]], Any],
+                 loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
         self.consumer = consumer
+        # A server with one loop for its life (the worker) names it: asking asyncio for the
+        # running loop costs a getpid() system call on every request.
+        self._fixed_layer = ChannelLayer(loop) if loop is not None else None
         self._layer: Optional[ChannelLayer] = None
 
     def __repr__(self) -> str:
         return f"<ConsumerAdapter {self.consumer!r}>"
 
     def _channel_layer(self) -> ChannelLayer:
+        if self._fixed_layer is not None:
+            return self._fixed_layer
         loop = _get_running_loop()
         layer = self._layer
         if layer is None or layer.loop is not loop:
@@ -268,6 +274,20 @@ class ConsumerAdapter:
             del result
         except Exception as exc:
             error = exc
+        queue = outbox.queue
+        if error is None and outbox.finished and len(queue) == 2 and outbox.failure is None:
+            # The usual case: one complete reply, there already. A server that offers the
+            # `asgiworker.respond` extension takes it in one synchronous call.
+            respond = (scope.get("extensions") or {}).get("asgiworker.respond")
+            if respond is not None:
+                start, body = queue
+                try:
+                    if respond["respond"](send, start["status"], start["headers"], body["body"]):
+                        queue.clear()
+                        return
+                except OSError as exc:
+                    outbox.disconnect = exc
+                    raise
         try:
             await self._forward(outbox, send, wait=error is None)
         finally:
