@@ -704,21 +704,13 @@ async def _finish(coro: Any, waiting_on: Any) -> None:
             return
 
 
-def _respond(send: Callable[..., Any], status: int, headers: Any, body: bytes) -> bool:
-    """The `asgiworker.respond` extension: given the `send` of an HTTP scope, send a whole
-    response synchronously and return True; False if `send` is not ours (a middleware wrapped
-    it), and the caller then uses `send` as usual. For our own adapters (channel consumers),
-    whose replies are complete before they reach the server."""
-    cycle = getattr(send, "__self__", None)
-    if type(cycle) is not RequestCycle:
-        return False
-    cycle.respond(status, headers, body)
-    return True
-
-
-# Offered in every HTTP scope's `extensions` (one shared dict: apps must not mutate scopes'
-# extension values, and ours holds no per-request state).
-HTTP_EXTENSIONS = {"asgiworker.respond": {"respond": _respond}}
+# The extension every HTTP scope offers: a whole response in one message,
+#   {"type": "asgiworker.http.response.complete", "status": int, "headers": [...], "body": bytes}
+# what `http.response.start` and one final `http.response.body` do, in one await. Our channel
+# consumer adapter uses it, since a consumer's reply is complete before it reaches the server.
+# One shared dict, with nothing per request in it.
+RESPONSE_COMPLETE = "asgiworker.http.response.complete"
+HTTP_EXTENSIONS = {RESPONSE_COMPLETE: {}}
 
 
 class RequestCycle:
@@ -871,6 +863,9 @@ class RequestCycle:
             raise ClientDisconnected("the client has closed the connection")
         message_type = message["type"]
         if not self.response_started:
+            if message_type == RESPONSE_COMPLETE:
+                self.respond(message["status"], message.get("headers", ()), message.get("body", b""))
+                return
             if message_type != "http.response.start":
                 raise RuntimeError("Expected ASGI message 'http.response.start', got %r" % (message_type,))
             status = message["status"]
@@ -905,8 +900,7 @@ class RequestCycle:
         self._complete()
 
     def respond(self, status: int, headers: Any, body: bytes) -> None:
-        """A whole response at once: what `http.response.start` and one final
-        `http.response.body` do, without two awaits (the `asgiworker.respond` extension)."""
+        """A whole response at once (the RESPONSE_COMPLETE extension message)."""
         if self.disconnected or self.conn._closed:
             self.on_disconnect()
             raise ClientDisconnected("the client has closed the connection")

@@ -465,16 +465,15 @@ def test_loaded_consumer_serves_as_asgi3():
     assert seen["type"] == "http.request" and seen["body"] == b"payload" and seen["path"] == "/p"
 
 
-def test_consumer_adapter_behind_a_middleware_still_answers():
-    # The adapter's synchronous fast path (the `asgiworker.respond` extension) must give way to
-    # the plain ASGI `send` when a middleware wrapped it.
+def test_consumer_adapter_uses_plain_asgi_without_the_extension():
+    # Without the whole-response extension in the scope (another server, or a middleware that
+    # rewrote the scope), the adapter answers with the two standard ASGI messages.
     import asyncio
 
     from asgiworker.adapters import load
-    from asgiworker.http import HTTP_EXTENSIONS
 
     def consumer(message):
-        message["reply_channel"].send({"status": 203, "content": b"via middleware"})
+        message["reply_channel"].send({"status": 203, "content": b"plain"})
 
     adapter = load(consumer, "consumer")
     sent = []
@@ -482,12 +481,17 @@ def test_consumer_adapter_behind_a_middleware_still_answers():
     async def receive():
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def wrapped_send(message):  # a middleware's own send: not the server's
+    async def send(message):
         sent.append(message)
 
     scope = {"type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/",
              "raw_path": b"/", "query_string": b"", "root_path": "", "headers": [], "client": None,
-             "server": None, "extensions": HTTP_EXTENSIONS}
-    asyncio.run(adapter(scope, receive, wrapped_send))
+             "server": None}
+    asyncio.run(adapter(scope, receive, send))
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
-    assert sent[0]["status"] == 203 and sent[1]["body"] == b"via middleware"
+    assert sent[0]["status"] == 203 and sent[1]["body"] == b"plain"
+    sent.clear()
+    scope["extensions"] = {"asgiworker.http.response.complete": {}}
+    asyncio.run(adapter(scope, receive, send))
+    assert sent == [{"type": "asgiworker.http.response.complete", "status": 203, "headers": (),
+                     "body": b"plain"}]

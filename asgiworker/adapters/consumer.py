@@ -22,6 +22,9 @@ from collections import deque
 from inspect import isawaitable
 from typing import Any, Callable, Deque, Dict, Optional
 
+# An ASGI extension of asgiworker's HTTP layer (named here too: adapters do not import it).
+RESPONSE_COMPLETE = "asgiworker.http.response.complete"
+
 REPLY_KEYS = frozenset(("status", "headers", "content", "more_content"))
 LATER_REPLY_KEYS = frozenset(("content", "more_content"))
 
@@ -277,17 +280,17 @@ class ConsumerAdapter:
         queue = outbox.queue
         if error is None and outbox.finished and len(queue) == 2 and outbox.failure is None:
             # The usual case: one complete reply, there already. A server that offers the
-            # `asgiworker.respond` extension takes it in one synchronous call.
-            respond = (scope.get("extensions") or {}).get("asgiworker.respond")
-            if respond is not None:
+            # whole-response extension takes it in one message.
+            if RESPONSE_COMPLETE in (scope.get("extensions") or ()):
                 start, body = queue
+                queue.clear()
                 try:
-                    if respond["respond"](send, start["status"], start["headers"], body["body"]):
-                        queue.clear()
-                        return
+                    await send({"type": RESPONSE_COMPLETE, "status": start["status"],
+                                "headers": start["headers"], "body": body["body"]})
                 except OSError as exc:
                     outbox.disconnect = exc
                     raise
+                return
         try:
             await self._forward(outbox, send, wait=error is None)
         finally:
