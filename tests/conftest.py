@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import gunicorn.config
 import pytest
@@ -126,6 +126,60 @@ def gunicorn() -> Iterator[Callable[..., GunicornServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+class BootedServers:
+    """Gunicorns started together, in parallel; ``servers[key]`` waits for that one.
+
+    One that fails to boot fails only the tests that use it. One that lost its port to another
+    process between conftest's free_port() and Gunicorn's bind is started again on a new port.
+    """
+
+    def __init__(self, specs: Dict[str, Tuple[str, tuple, dict]]) -> None:
+        self._specs = specs
+        self._servers: Dict[str, GunicornServer] = {}
+        self._errors: Dict[str, str] = {}
+        try:
+            for key, (app, args, kwargs) in specs.items():
+                self._servers[key] = GunicornServer(app, *args, wait=False, **kwargs)
+        except BaseException:
+            self.stop()
+            raise
+
+    def __getitem__(self, key: str) -> GunicornServer:
+        if key not in self._errors:
+            self._errors[key] = ""
+            for attempt in range(3):
+                try:
+                    self._servers[key].wait_ready()
+                    break
+                except RuntimeError as exc:
+                    self._errors[key] = str(exc)
+                    if "in use" not in str(exc) or attempt == 2:
+                        break
+                    self.restart(key)
+                    self._errors[key] = ""
+        if self._errors[key]:
+            pytest.fail(f"gunicorn for {key!r} did not start: {self._errors[key][-3000:]}")
+        return self._servers[key]
+
+    def restart(self, key: str) -> GunicornServer:
+        """Stop that server and start it again, on a new port."""
+        self._servers[key].stop()
+        app, args, kwargs = self._specs[key]
+        self._servers[key] = GunicornServer(app, *args, wait=False, **kwargs)
+        return self._servers[key]
+
+    def raw(self, key: str) -> GunicornServer:
+        """The server as started, without waiting for it to be ready."""
+        return self._servers[key]
+
+    def stop(self) -> None:
+        for server in self._servers.values():
+            if server.proc.poll() is None:
+                server.signal(signal.SIGTERM)
+        for server in self._servers.values():
+            server.stop()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05):

@@ -16,8 +16,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.conftest import GunicornServer
-from tests.test_consumers import BootedServers
+from tests.conftest import BootedServers, GunicornServer
 
 APP = "tests.apps.kinds:"
 

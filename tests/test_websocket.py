@@ -12,7 +12,7 @@ once:
 - ``gzero``: ``--websocket-max-message-size 0`` (Gunicorn documents 0 as "no limit");
 - ``queue``: ASGIWORKER_WS_MAX_QUEUE=4.
 
-The helpers at the top (RawWebSocket, BootedServers, ...) are shared with the other WebSocket
+The helpers at the top (RawWebSocket, ...) are shared with the other WebSocket
 test modules.
 """
 
@@ -37,7 +37,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.sync.client import connect
 
-from tests.conftest import GunicornServer, raw_request
+from tests.conftest import BootedServers, GunicornServer, raw_request
 
 APP = "tests.apps.ws_apps:app"
 MIB = 1 << 20
@@ -45,44 +45,6 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 # -- helpers shared with the other WebSocket test modules ---------------------------------------
-
-
-class BootedServers:
-    """Gunicorns started together, in parallel; ``servers[key]`` waits for that one."""
-
-    def __init__(self, specs: Dict[str, Tuple[str, tuple, dict]]) -> None:
-        self._specs = specs
-        self._servers: Dict[str, GunicornServer] = {}
-        self._ready: Dict[str, str] = {}
-        try:
-            for key, (app, args, kwargs) in specs.items():
-                self._servers[key] = GunicornServer(app, *args, wait=False, **kwargs)
-        except BaseException:
-            self.stop()
-            raise
-
-    def __getitem__(self, key: str) -> GunicornServer:
-        if key not in self._ready:
-            self._ready[key] = ""
-            for attempt in range(3):
-                try:
-                    self._servers[key].wait_ready()
-                    self._ready[key] = ""
-                    break
-                except RuntimeError as exc:
-                    self._ready[key] = str(exc)
-                    if "in use" not in str(exc) or attempt == 2:
-                        break
-                    self._servers[key].stop()  # lost its port to someone else: new port
-                    app, args, kwargs = self._specs[key]
-                    self._servers[key] = GunicornServer(app, *args, wait=False, **kwargs)
-        if self._ready[key]:
-            pytest.fail(f"gunicorn {key!r} did not start: {self._ready[key][-3000:]}")
-        return self._servers[key]
-
-    def stop(self) -> None:
-        for server in self._servers.values():
-            server.stop()
 
 
 def ws_url(server: GunicornServer, path: str) -> str:

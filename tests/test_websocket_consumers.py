@@ -16,7 +16,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.apps.ws_apps import INVALID_REPLIES
-from tests.test_websocket import BootedServers, closed_by_server, report, token, ws_connect
+from tests.conftest import BootedServers
+from tests.test_websocket import closed_by_server, report, token, ws_connect
 
 
 @pytest.fixture(scope="module")
