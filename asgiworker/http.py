@@ -107,6 +107,7 @@ class ServerState:
         self.log = log
         self.loop = loop
         self.connections: "set[HttpConnection]" = set()
+        self.stopping = False
         self.requests_total = 0
         self.max_requests = max_requests
         self.on_max_requests = on_max_requests
@@ -137,6 +138,7 @@ class ServerState:
 
     def shutdown(self) -> None:
         """Graceful stop: idle connections close now, busy ones after their last response."""
+        self.stopping = True
         for conn in list(self.connections):
             conn.shutdown()
 
@@ -193,6 +195,8 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         self.transport = transport
         self.state.connections.add(self)
+        # Accepted just before a graceful stop began: served, and then closed.
+        self._closing = self.state.stopping
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         if isinstance(peer, (tuple, list)) and len(peer) >= 2:

@@ -27,6 +27,9 @@ class Listener:
         self.ssl = ssl
         self.log = log
         self._reading = False
+        # Accepted sockets still being set up as connections: a stopping worker must wait for
+        # them too, or a client whose connection it accepted would be dropped unanswered.
+        self.pending = 0
 
     def start(self) -> None:
         self.sock.setblocking(False)
@@ -63,21 +66,23 @@ class Listener:
             self.start()
 
     def _adopt(self, conn: socket.socket) -> None:
-        _drive(self.loop.connect_accepted_socket(self.protocol_factory, conn, ssl=self.ssl), self.log)
+        self.pending += 1
+        self._drive(self.loop.connect_accepted_socket(self.protocol_factory, conn, ssl=self.ssl))
 
-
-def _drive(coro: Any, log: Any, _: Optional[asyncio.Future] = None) -> None:
-    """Run a short coroutine of the loop's own (no user code) without the cost of a Task: step
-    it, and step it again when the future it waits on is done."""
-    try:
-        waiting_on = coro.send(None)
-    except StopIteration:
-        return
-    except (OSError, asyncio.CancelledError) as exc:
-        log.debug("Connection not set up: %r", exc)  # e.g. a failed TLS handshake
-        return
-    if waiting_on is None:
-        asyncio.get_running_loop().call_soon(_drive, coro, log)
-        return
-    waiting_on._asyncio_future_blocking = False
-    waiting_on.add_done_callback(lambda future: _drive(coro, log, future))
+    def _drive(self, coro: Any, _: Optional[asyncio.Future] = None) -> None:
+        """Run the loop's own short set-up coroutine (no user code) without the cost of a Task:
+        step it, and step it again when the future it waits on is done."""
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            self.pending -= 1
+            return
+        except (OSError, asyncio.CancelledError) as exc:
+            self.pending -= 1
+            self.log.debug("Connection not set up: %r", exc)  # e.g. a failed TLS handshake
+            return
+        if waiting_on is None:
+            self.loop.call_soon(self._drive, coro)
+            return
+        waiting_on._asyncio_future_blocking = False
+        waiting_on.add_done_callback(lambda future: self._drive(coro, future))

@@ -232,7 +232,8 @@ class ASGIWorker(base.Worker):
         reserve = min(2.0, max(0.4, graceful * 0.1))
         cut_at = (self._stop_at or loop.time()) + max(0.0, graceful - reserve)
         next_tick = loop.time() + 1.0
-        while state.connections and loop.time() < cut_at and not self._quick_exit:
+        while (state.connections or any(listener.pending for listener in self.servers)) \
+                and loop.time() < cut_at and not self._quick_exit:
             self.notify()
             if loop.time() >= next_tick:
                 state.tick()  # idle and slow connections keep timing out while we drain
