@@ -159,6 +159,9 @@ class ASGIWorker(base.Worker):
                 self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         finally:
             self.loop.close()
+            # The loop's signal handlers are gone: a late SIGTERM from the master (it may repeat
+            # it while we exit) must not turn our clean exit into a death by signal.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         # A failed lifespan startup halts Gunicorn instead of respawning us forever.
         sys.exit(Arbiter.WORKER_BOOT_ERROR if self._boot_failed else 0)
 
