@@ -205,6 +205,6 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0, host: str = "127.0
                 if not chunk:
                     break
                 chunks.append(chunk)
-        except socket.timeout:
-            pass
+        except (socket.timeout, ConnectionResetError):
+            pass  # what arrived before the silence or the reset is the answer
         return b"".join(chunks)

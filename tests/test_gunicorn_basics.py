@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -12,23 +11,13 @@ from typing import List, Optional, Tuple
 import pytest
 
 from tests.apps.http_apps import RECORD_DIR_ENV
-from tests.conftest import GunicornServer, wait_for
+from tests.conftest import GunicornServer, raw_request, wait_for
 
 
 def http_get(server: GunicornServer, path: str, timeout: float = 10.0) -> Tuple[Optional[int], bytes]:
     """One request on a fresh connection (Connection: close). (status or None, raw bytes)."""
-    with socket.create_connection((server.host, server.port), timeout=timeout) as s:
-        s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
-        chunks = []
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        except (socket.timeout, ConnectionResetError):
-            pass
-    data = b"".join(chunks)
+    data = raw_request(server.port, b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode(),
+                       timeout=timeout, host=server.host)
     if not data.startswith(b"HTTP/1.1 "):
         return None, data
     return int(data[9:12]), data

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs
 
+from tests.apps import answer_lifespan
+
 COUNTS: Dict[str, int] = {}
 EVENTS: Dict[str, List[Any]] = {}
 
@@ -138,13 +140,8 @@ def _body(data: bytes, more: bool = False) -> Dict[str, Any]:
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     path = scope["path"]

@@ -11,6 +11,7 @@ import json
 from typing import Any, Callable, Dict
 
 from asgiworker import adapters
+from tests.apps import answer_lifespan
 
 
 async def _read_body(receive: Callable) -> bytes:
@@ -24,14 +25,7 @@ async def _read_body(receive: Callable) -> bytes:
             return body
 
 
-async def _lifespan(receive: Callable, send: Callable) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+_lifespan = answer_lifespan
 
 
 async def _asgi_answer(app: str, served_as: str, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
