@@ -36,6 +36,9 @@ BODY_LOW_WATER = 64 * 1024
 MAX_PIPELINED = 16
 # Above this, a body is handed to the transport as is rather than joined to its framing.
 _COPY_LIMIT = 64 * 1024
+# The parts of a streamed response are held until the app lets the loop run (or this much has
+# gathered): a burst of small sends then costs one system call instead of one each.
+FLUSH_SIZE = 64 * 1024
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.5"}
 
@@ -184,6 +187,9 @@ class HttpConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._drain_waiter: Optional[asyncio.Future] = None
+        self._out: List[bytes] = []
+        self._out_size = 0
+        self._flush_scheduled = False
         self._closing = False
         self._closed = False
         self._ignore_input = False
@@ -231,6 +237,7 @@ class HttpConnection(asyncio.Protocol):
             # is still running after the grace period, it is cancelled.
             self.loop.call_later(self.settings.disconnect_grace, _cancel_if_running, active.task)
         self._pipeline.clear()
+        self._out = []
         self._wake_drain()
 
     def eof_received(self) -> Optional[bool]:
@@ -584,8 +591,35 @@ class HttpConnection(asyncio.Protocol):
 
     def _send_and_close(self, data: bytes) -> None:
         if not self._closed:
+            self.flush()
             self.transport.write(data)
         self._close()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write_soon(self, data: bytes) -> None:
+        """Queue part of a streamed response. It goes out when the app next lets the loop run,
+        when FLUSH_SIZE has gathered, or with the response's last part (see ``flush``)."""
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= FLUSH_SIZE:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write out what ``write_soon`` queued, in one call."""
+        out = self._out
+        if out:
+            self._out = []
+            self._out_size = 0
+            if not self._closed:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     # -- flow control -------------------------------------------------------------------------
 
@@ -641,10 +675,12 @@ class HttpConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         if not self._closed and self.transport is not None:
+            self.flush()  # what the app sent before failing goes out, as it would unbuffered
             self.transport.abort()
 
     def _close(self) -> None:
         if not self._closed:
+            self.flush()
             self._closed = True
             self.transport.close()
 
@@ -896,11 +932,13 @@ class RequestCycle:
         elif body:
             self._write_body(body, more_body)
         elif not more_body and self.chunked and not self.no_body:
-            conn.transport.write(b"0\r\n\r\n")
+            conn.write_soon(b"0\r\n\r\n")
         if more_body:
             if conn._writing_paused:
                 await conn.drain()
             return
+        if conn._out:
+            conn.flush()
         self._complete()
 
     def respond(self, status: int, headers: Any, body: bytes) -> None:
@@ -1004,13 +1042,11 @@ class RequestCycle:
             conn.transport.write(head)
             self.remaining = None
             return
-        if self.chunked:
+        if more_body:
+            # The start of a stream: held with the parts that follow (see write_soon).
+            conn.write_soon(head)
             if body:
-                self.sent = len(body)
-                head += b"%x\r\n" % len(body) + bytes(body) + b"\r\n"
-            if not more_body:
-                head += b"0\r\n\r\n"
-            conn.transport.write(head)
+                self._write_body(body, True)
             return
         if body:
             body = self._bounded(body)
@@ -1025,18 +1061,25 @@ class RequestCycle:
     def _write_body(self, body: bytes, more_body: bool) -> None:
         if self.no_body:
             return
-        transport = self.conn.transport
+        conn = self.conn
+        if type(body) is not bytes:
+            body = bytes(body)  # held until the flush: the app may reuse its buffer meanwhile
         if self.chunked:
             self.sent += len(body)
             tail = b"\r\n0\r\n\r\n" if not more_body else b"\r\n"
             if len(body) > _COPY_LIMIT:
-                transport.writelines((b"%x\r\n" % len(body), body, tail))
+                conn.flush()
+                conn.transport.writelines((b"%x\r\n" % len(body), body, tail))
             else:
-                transport.write(b"%x\r\n" % len(body) + bytes(body) + tail)
+                conn.write_soon(b"%x\r\n%b%b" % (len(body), body, tail))
         else:
             body = self._bounded(body)
             self.sent += len(body)
-            transport.write(body)
+            if len(body) > _COPY_LIMIT:
+                conn.flush()
+                conn.transport.write(body)
+            else:
+                conn.write_soon(body)
 
     def _bounded(self, body: bytes) -> bytes:
         """Never send past the declared Content-Length."""
