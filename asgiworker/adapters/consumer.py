@@ -81,10 +81,13 @@ class _Outbox:
     """Replies on their way from the consumer (any thread) to the request's task (the loop)."""
 
     __slots__ = ("loop", "thread_id", "queue", "waiter", "started", "finished", "failure",
-                 "abandoned", "disconnect", "next_gc", "gc_interval")
+                 "abandoned", "disconnect", "next_gc", "gc_interval", "whole")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, whole: bool = False) -> None:
         self.loop = loop
+        # The server takes a whole response in one message (the RESPONSE_COMPLETE extension):
+        # a reply that is the whole response is queued as that one message.
+        self.whole = whole
         self.thread_id = threading.get_ident()
         self.queue: Deque[Dict[str, Any]] = deque()
         self.waiter: Optional[asyncio.Future] = None
@@ -154,7 +157,7 @@ class ReplyChannel:
                     if outbox.failure is None else f"This response was abandoned after an invalid reply: {outbox.failure}"
                 )
             try:
-                messages = _to_asgi(message, first=not outbox.started)
+                messages = _to_asgi(message, not outbox.started, outbox.whole)
             except InvalidReply as exc:
                 # Whatever the consumer does next, this response cannot be completed properly.
                 outbox.failure = str(exc)
@@ -164,7 +167,7 @@ class ReplyChannel:
             outbox.started = True
             outbox.queue.extend(messages)
             # Set after queueing: the forwarder reads `finished` first, then drains the queue.
-            outbox.finished = not messages[-1]["more_body"]
+            outbox.finished = not messages[-1].get("more_body", False)
         # On the loop's thread with nobody waiting yet (a consumer answering at once), the
         # request's task will find the reply by itself; a waiting task or another thread wakes it.
         if outbox.waiter is not None or get_ident() != outbox.thread_id:
@@ -180,7 +183,7 @@ class ReplyChannel:
         return f"<ReplyChannel started={self._outbox.started} finished={self._outbox.finished}>"
 
 
-def _to_asgi(message: Any, first: bool) -> "list[Dict[str, Any]]":
+def _to_asgi(message: Any, first: bool, whole: bool = False) -> "list[Dict[str, Any]]":
     if not isinstance(message, dict):
         raise InvalidReply(f"A reply must be a dict, got {type(message).__name__}")
     allowed = REPLY_KEYS if first else LATER_REPLY_KEYS
@@ -194,7 +197,8 @@ def _to_asgi(message: Any, first: bool) -> "list[Dict[str, Any]]":
         if not isinstance(content, (bytes, bytearray)):
             raise InvalidReply(f"Reply 'content' must be bytes, got {type(content).__name__}")
         content = bytes(content)
-    body = {"type": "http.response.body", "body": content, "more_body": bool(message.get("more_content", False))}
+    more_body = bool(message.get("more_content", False))
+    body = {"type": "http.response.body", "body": content, "more_body": more_body}
     if not first:
         return [body]
     if "status" not in message:
@@ -211,6 +215,8 @@ def _to_asgi(message: Any, first: bool) -> "list[Dict[str, Any]]":
         if isinstance(exc, InvalidReply):
             raise
         raise InvalidReply(f"Reply 'headers' must be a list of [name, value] byte pairs, got {headers!r}") from None
+    if whole and not more_body:
+        return [{"type": RESPONSE_COMPLETE, "status": status, "headers": headers, "body": content}]
     return [{"type": "http.response.start", "status": status, "headers": headers}, body]
 
 
@@ -253,7 +259,7 @@ class ConsumerAdapter:
             if body is None:
                 return
         layer = self._channel_layer()
-        outbox = _Outbox(layer.loop)
+        outbox = _Outbox(layer.loop, RESPONSE_COMPLETE in (scope.get("extensions") or ()))
         message = {
             "type": "http.request",
             "reply_channel": ReplyChannel(outbox),
@@ -282,19 +288,14 @@ class ConsumerAdapter:
         except Exception as exc:
             error = exc
         queue = outbox.queue
-        if error is None and outbox.finished and len(queue) == 2 and outbox.failure is None:
-            # The usual case: one complete reply, there already. A server that offers the
-            # whole-response extension takes it in one message.
-            if RESPONSE_COMPLETE in (scope.get("extensions") or ()):
-                start, body = queue
-                queue.clear()
-                try:
-                    await send({"type": RESPONSE_COMPLETE, "status": start["status"],
-                                "headers": start["headers"], "body": body["body"]})
-                except OSError as exc:
-                    outbox.disconnect = exc
-                    raise
-                return
+        if error is None and outbox.finished and outbox.failure is None and len(queue) == 1:
+            # The usual case: the whole response in one reply, there already, in one message.
+            try:
+                await send(queue.popleft())
+            except OSError as exc:
+                outbox.disconnect = exc
+                raise
+            return
         try:
             await self._forward(outbox, send, wait=error is None)
         finally:
