@@ -71,6 +71,9 @@ _REQUEST_LINE_PREFIX = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*( [\x21-\x7e ]*
 _UNKNOWN_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ ]+ HTTP/1\.[01]\r\n")
 _SPECIAL_HEADERS = frozenset((b"host", b"transfer-encoding", b"expect", b"upgrade"))
 _known_good_names: Dict[bytes, bool] = {}
+# Checked response header blocks by the app's headers (see RequestCycle._check_headers).
+_HEAD_BLOCKS: Dict[Any, "tuple[bytes, Optional[int], bool]"] = {}
+_HEAD_BLOCKS_MAX = 1024
 
 
 def _valid_header_name(name: bytes) -> bool:
@@ -153,11 +156,18 @@ class ServerState:
 class HttpConnection(asyncio.Protocol):
     """One client connection: httptools calls the ``on_*`` methods as bytes arrive."""
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, peer: Any = None, local: Any = None) -> None:
         self.state = state
+        # The peer's and our own address when the listener already knows them (it saves the
+        # transport a system call for each); otherwise asked of the transport.
+        self._peer = peer
+        self._local = local
         self.loop = state.loop
         self.settings = state.settings
         self.parser = httptools.HttpRequestParser(self)
+        # Read for every header of every request: kept at hand.
+        self._field_size_limit = self.settings.limit_request_field_size
+        self._fields_limit = self.settings.limit_request_fields
         self.transport: Any = None
         self.client: Any = None
         self.server: Any = None
@@ -203,8 +213,8 @@ class HttpConnection(asyncio.Protocol):
         self.state.connections.add(self)
         # Accepted just before a graceful stop began: served, and then closed.
         self._closing = self.state.stopping
-        peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("sockname")
+        peer = self._peer if self._peer is not None else transport.get_extra_info("peername")
+        sock = self._local if self._local is not None else transport.get_extra_info("sockname")
         if isinstance(peer, (tuple, list)) and len(peer) >= 2:
             self.client = (str(peer[0]), int(peer[1]))
         if isinstance(sock, (tuple, list)) and len(sock) >= 2:
@@ -370,12 +380,12 @@ class HttpConnection(asyncio.Protocol):
             raise _Reject(414, "Request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > self.settings.limit_request_field_size:
+        if len(name) + len(value) > self._field_size_limit:
             raise _Reject(431, "Request header field too large")
         if self._parsing is not None:
             return  # a trailer after a chunked body: never merged into the request's headers
         headers = self._headers
-        if len(headers) >= self.settings.limit_request_fields:
+        if len(headers) >= self._fields_limit:
             raise _Reject(431, "Too many request header fields")
         name = name.lower()
         if b"_" in name and self.settings.header_map != "dangerous":
@@ -977,37 +987,22 @@ class RequestCycle:
         status = self.status
         scope = self.scope
         keep_alive = self.keep_alive and not conn._closing
-        app_parts: List[bytes] = []
-        content_length: Optional[int] = None
-        lines = 0
+        headers = self.headers
         try:
-            for name, value in self.headers:
-                lname = name.lower()
-                if lname == b"content-length":
-                    content_length = int(value)
-                    if content_length < 0:
-                        raise ValueError
-                    continue  # written by us below, once, in canonical form
-                elif lname == b"transfer-encoding":
-                    continue  # we frame the body ourselves
-                elif lname == b"connection":
-                    if b"close" in value.lower():
-                        keep_alive = False
-                    continue
-                if not _valid_header_name(name):
-                    raise RuntimeError("Invalid response header name %r" % (name,))
-                app_parts += (name, b": ", value, b"\r\n")
-                lines += 1
-            app_block = b"".join(app_parts)
-        except (TypeError, AttributeError):
-            raise RuntimeError("ASGI response headers must be an iterable of [name, value] byte strings, got %r"
-                               % (self.headers,)) from None
-        except ValueError:
-            raise RuntimeError("Invalid Content-Length response header in %r" % (self.headers,)) from None
-        # Every line the app gave ends in our CRLF; any other CR, LF or NUL would be response
-        # splitting. Counting is one C-speed pass instead of a regex per header.
-        if app_block.count(b"\n") != lines or app_block.count(b"\r") != lines or b"\0" in app_block:
-            raise RuntimeError("Invalid response header value (CR, LF or NUL) in %r" % (self.headers,))
+            headers = headers if type(headers) is tuple else tuple(headers)
+        except TypeError:
+            pass  # not iterable: _check_headers says so
+        try:
+            # Most apps send the same few header sets again and again: their checked block is
+            # kept (headers as tuples only: [name, value] lists cannot be keys).
+            cached = _HEAD_BLOCKS.get(headers)
+        except TypeError:
+            cached = None
+        if cached is None:
+            cached = self._check_headers(headers)
+        app_block, content_length, close = cached
+        if close:
+            keep_alive = False
         parts = [STATUS_LINES.get(status) or _status_line(status), app_block]
         head_request = scope["method"] == "HEAD"
         if status < 200 or status == 204 or status == 304:
@@ -1057,6 +1052,50 @@ class RequestCycle:
                 conn.transport.write(head + body)  # one small write: one syscall
         else:
             conn.transport.write(head)
+
+    def _check_headers(self, headers: Any) -> "tuple[bytes, Optional[int], bool]":
+        """The app's response headers as one block of lines, with the Content-Length we will
+        write ourselves and whether the app asked to close; RuntimeError for anything invalid."""
+        app_parts: List[bytes] = []
+        content_length: Optional[int] = None
+        close = False
+        lines = 0
+        try:
+            for name, value in headers:
+                lname = name.lower()
+                if lname == b"content-length":
+                    content_length = int(value)
+                    if content_length < 0:
+                        raise ValueError
+                    continue  # written by us, once, in canonical form
+                elif lname == b"transfer-encoding":
+                    continue  # we frame the body ourselves
+                elif lname == b"connection":
+                    if b"close" in value.lower():
+                        close = True
+                    continue
+                if not _valid_header_name(name):
+                    raise RuntimeError("Invalid response header name %r" % (name,))
+                app_parts += (name, b": ", value, b"\r\n")
+                lines += 1
+            app_block = b"".join(app_parts)
+        except (TypeError, AttributeError):
+            raise RuntimeError("ASGI response headers must be an iterable of [name, value] byte strings, got %r"
+                               % (headers,)) from None
+        except ValueError:
+            raise RuntimeError("Invalid Content-Length response header in %r" % (headers,)) from None
+        # Every line the app gave ends in our CRLF; any other CR, LF or NUL would be response
+        # splitting. Counting is one C-speed pass instead of a regex per header.
+        if app_block.count(b"\n") != lines or app_block.count(b"\r") != lines or b"\0" in app_block:
+            raise RuntimeError("Invalid response header value (CR, LF or NUL) in %r" % (headers,))
+        result = (app_block, content_length, close)
+        if len(_HEAD_BLOCKS) >= _HEAD_BLOCKS_MAX:
+            _HEAD_BLOCKS.clear()  # per-response values (cookies, lengths) filled it: start over
+        try:
+            _HEAD_BLOCKS[headers] = result
+        except TypeError:
+            pass  # [name, value] lists: checked every time
+        return result
 
     def _write_body(self, body: bytes, more_body: bool) -> None:
         if self.no_body:

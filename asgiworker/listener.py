@@ -19,11 +19,21 @@ _RETRY_LATER = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Listener:
+    """``protocol_factory(peer, local)`` makes each connection's protocol, given the peer's
+    address as accept() returned it and our own (None where only the connection knows it)."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 protocol_factory: Callable[[], asyncio.Protocol], ssl: Any, log: Any) -> None:
+                 protocol_factory: Callable[[Any, Any], asyncio.Protocol], ssl: Any, log: Any) -> None:
         self.loop = loop
         self.sock = sock
         self.protocol_factory = protocol_factory
+        # Plain ints: socket.accept() turns them into enums for every connection.
+        self._family, self._type, self._proto = int(sock.family), int(sock.type), sock.proto
+        local = sock.getsockname()
+        # Bound to one address, every connection's local address is that one; bound to all of
+        # them, only the connection can say which it came in on.
+        wildcard = isinstance(local, tuple) and local[0] in ("0.0.0.0", "::", "")
+        self._local = None if wildcard or not local else local
         self.ssl = ssl
         self.log = log
         self._reading = False
@@ -46,7 +56,7 @@ class Listener:
     def _accept_waiting(self) -> None:
         for _ in range(MAX_ACCEPTS_PER_WAKEUP):
             try:
-                conn, _ = self.sock.accept()
+                fd, peer = self.sock._accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -59,15 +69,16 @@ class Listener:
                     self.loop.call_later(0.5, self._resume)
                     return
                 raise
-            self._adopt(conn)
+            self._adopt(socket.socket(self._family, self._type, self._proto, fileno=fd), peer)
 
     def _resume(self) -> None:
         if not self._reading:
             self.start()
 
-    def _adopt(self, conn: socket.socket) -> None:
+    def _adopt(self, conn: socket.socket, peer: Any) -> None:
         self.pending += 1
-        self._drive(self.loop.connect_accepted_socket(self.protocol_factory, conn, ssl=self.ssl))
+        factory, local = self.protocol_factory, self._local
+        self._drive(self.loop.connect_accepted_socket(lambda: factory(peer, local), conn, ssl=self.ssl))
 
     def _drive(self, coro: Any, _: Optional[asyncio.Future] = None) -> None:
         """Run the loop's own short set-up coroutine (no user code) without the cost of a Task:

@@ -12,12 +12,14 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 FORWARDED_FOR = b"x-forwarded-for"
 FORWARDED_PROTO = b"x-forwarded-proto"
+_MAX_VERDICTS = 4096
 
 
 class ProxyPolicy:
     def __init__(self, allow: Iterable[str], secure_scheme_headers: Dict[str, str]) -> None:
         allow = [a.strip() for a in allow if a and a.strip()]
         self.any = "*" in allow
+        self._verdicts: Dict[str, bool] = {}
         self.networks = []
         for entry in allow:
             if entry == "*":
@@ -42,11 +44,20 @@ class ProxyPolicy:
             return True  # a UNIX socket: only local processes can reach it
         if self.any:
             return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
+        # Asked for every connection, mostly about the same few peers: parsing an address is
+        # far dearer than looking up the verdict.
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                verdict = False
+            else:
+                verdict = any(address in network for network in self.networks)
+            if len(self._verdicts) >= _MAX_VERDICTS:
+                self._verdicts.clear()  # X-Forwarded-For hops are the client's to choose: bounded
+            self._verdicts[host] = verdict
+        return verdict
 
     def apply(self, found: List[Tuple[bytes, bytes]], client: Any, scheme: str) -> "tuple[Any, str]":
         """The (client, scheme) a trusted proxy's headers say."""
