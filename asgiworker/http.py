@@ -992,12 +992,14 @@ class RequestCycle:
             headers = headers if type(headers) is tuple else tuple(headers)
         except TypeError:
             pass  # not iterable: _check_headers says so
-        try:
+        cached = None
+        if type(headers) is tuple and (not headers or type(headers[0]) is tuple):
             # Most apps send the same few header sets again and again: their checked block is
             # kept (headers as tuples only: [name, value] lists cannot be keys).
-            cached = _HEAD_BLOCKS.get(headers)
-        except TypeError:
-            cached = None
+            try:
+                cached = _HEAD_BLOCKS.get(headers)
+            except TypeError:
+                pass
         if cached is None:
             cached = self._check_headers(headers)
         app_block, content_length, close = cached
@@ -1091,10 +1093,11 @@ class RequestCycle:
         result = (app_block, content_length, close)
         if len(_HEAD_BLOCKS) >= _HEAD_BLOCKS_MAX:
             _HEAD_BLOCKS.clear()  # per-response values (cookies, lengths) filled it: start over
-        try:
-            _HEAD_BLOCKS[headers] = result
-        except TypeError:
-            pass  # [name, value] lists: checked every time
+        if type(headers) is tuple and (not headers or type(headers[0]) is tuple):
+            try:
+                _HEAD_BLOCKS[headers] = result
+            except TypeError:
+                pass
         return result
 
     def _write_body(self, body: bytes, more_body: bool) -> None:

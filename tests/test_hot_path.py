@@ -120,3 +120,18 @@ def test_proxy_verdicts_are_cached_and_bounded(monkeypatch):
     for i in range(100):
         assert policy.trusts(f"10.0.0.{i}") and not policy.trusts(f"11.0.0.{i}")
     assert len(policy._verdicts) <= 16
+
+
+def test_consumer_headers_go_out_as_they_were_when_sent(loop):
+    from asgiworker.adapters import load
+
+    def consumer(message):
+        headers = [[b"x-state", b"as-sent"]]
+        message["reply_channel"].send({"status": 200, "headers": headers, "content": b"a", "more_content": True})
+        headers[0][1] = b"changed-later"  # the consumer reuses its list before the reply goes out
+        headers.append([b"x-added", b"later"])
+        message["reply_channel"].send({"content": b"b"})
+
+    responses, _ = serve(loop, load(consumer, "consumer", loop=loop), GET)
+    assert responses[0].get(b"x-state") == b"as-sent" and responses[0].get(b"x-added") is None
+    assert responses[0].body == b"ab"

@@ -207,14 +207,19 @@ def _to_asgi(message: Any, first: bool, whole: bool = False) -> "list[Dict[str, 
     if type(status) is not int or not 100 <= status <= 999:
         raise InvalidReply(f"Reply 'status' must be an int from 100 to 999, got {status!r}")
     headers = message.get("headers", ())
+    pairs = []
     try:
         for name, value in headers:
             if type(name) is not bytes or type(value) is not bytes:
                 raise InvalidReply(f"Reply header names and values must be bytes, got {name!r}: {value!r}")
+            pairs.append((name, value))
     except (TypeError, ValueError) as exc:
         if isinstance(exc, InvalidReply):
             raise
         raise InvalidReply(f"Reply 'headers' must be a list of [name, value] byte pairs, got {headers!r}") from None
+    # As sent now (the consumer may reuse its lists), and as tuples: the server keeps the
+    # checked block of a header set it has seen before (see asgiworker.http).
+    headers = tuple(pairs)
     if whole and not more_body:
         return [{"type": RESPONSE_COMPLETE, "status": status, "headers": headers, "body": content}]
     return [{"type": "http.response.start", "status": status, "headers": headers}, body]
