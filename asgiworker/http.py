@@ -70,10 +70,27 @@ _OWS = (b" ", b"\t")
 _REQUEST_LINE_PREFIX = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*( [\x21-\x7e ]*)?\r?")
 _UNKNOWN_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ ]+ HTTP/1\.[01]\r\n")
 _SPECIAL_HEADERS = frozenset((b"host", b"transfer-encoding", b"expect", b"upgrade"))
+# The method as str, for the methods llhttp knows (it refuses any other).
+_METHOD_NAMES: Dict[bytes, str] = {}
 _known_good_names: Dict[bytes, bool] = {}
 # Checked response header blocks by the app's headers (see RequestCycle._check_headers).
 _HEAD_BLOCKS: Dict[Any, "tuple[bytes, Optional[int], bool]"] = {}
 _HEAD_BLOCKS_MAX = 1024
+
+
+# Hosts already found valid: a server is reached under few names (bounded: the client picks them).
+_known_good_hosts: Dict[bytes, bool] = {}
+# `content-length: N` lines, made once per N (formatting an int is dear; bodies repeat sizes).
+_length_lines: Dict[int, bytes] = {}
+
+
+def _length_line(length: int) -> bytes:
+    line = _length_lines.get(length)
+    if line is None:
+        line = b"content-length: %d\r\n" % length
+        if len(_length_lines) < 4096:
+            _length_lines[length] = line
+    return line
 
 
 def _valid_header_name(name: bytes) -> bool:
@@ -115,9 +132,12 @@ class ServerState:
         self.connections: "set[HttpConnection]" = set()
         self.stopping = False
         self.requests_total = 0
+        # 0 (no limit) is never reached: the counter starts at 0 and is compared after a +1.
         self.max_requests = max_requests
         self.on_max_requests = on_max_requests
         self.default_headers = b""
+        # Whether a finished request is reported (access log, post_request hook).
+        self.reporting = bool(settings.access_log or settings.request_hooks is not None)
         proxy = settings.proxy
         self.proxied_headers = _SPECIAL_HEADERS | proxy.header_names if proxy else _SPECIAL_HEADERS
         # Set by the worker when the app's lifespan startup filled a state (copied per request).
@@ -132,7 +152,11 @@ class ServerState:
 
     def request_done(self) -> None:
         self.requests_total += 1
-        if self.max_requests and self.requests_total == self.max_requests and self.on_max_requests:
+        if self.requests_total == self.max_requests:
+            self.reached_max_requests()
+
+    def reached_max_requests(self) -> None:
+        if self.on_max_requests is not None:
             self.on_max_requests()
 
     def tick(self) -> None:
@@ -168,6 +192,7 @@ class HttpConnection(asyncio.Protocol):
         # Read for every header of every request: kept at hand.
         self._field_size_limit = self.settings.limit_request_field_size
         self._fields_limit = self.settings.limit_request_fields
+        self._line_limit = self.settings.limit_request_line
         self.transport: Any = None
         self.client: Any = None
         self.server: Any = None
@@ -376,7 +401,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.settings.limit_request_line:
+        if len(self._url) > self._line_limit:
             raise _Reject(414, "Request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -388,7 +413,9 @@ class HttpConnection(asyncio.Protocol):
         if len(headers) >= self._fields_limit:
             raise _Reject(431, "Too many request header fields")
         name = name.lower()
-        if b"_" in name and self.settings.header_map != "dangerous":
+        # (find, not `in`: CPython's bytes.__contains__ first tries the needle as an int and
+        # builds and drops a TypeError every time; these run for every request.)
+        if name.find(b"_") >= 0 and self.settings.header_map != "dangerous":
             # Gunicorn's header_map: `X_Forwarded_For` and `X-Forwarded-For` look the same to
             # many frameworks, so a name with `_` is dropped (default) or refused.
             if self.settings.header_map == "refuse":
@@ -405,8 +432,11 @@ class HttpConnection(asyncio.Protocol):
             self._hosts += 1
             if self._hosts > 1:
                 raise _Reject(400, "More than one Host header")
-            if _HOST.fullmatch(value) is None:
-                raise _Reject(400, "Invalid Host header")
+            if value not in _known_good_hosts:
+                if _HOST.fullmatch(value) is None:
+                    raise _Reject(400, "Invalid Host header")
+                if len(_known_good_hosts) < 4096:
+                    _known_good_hosts[value] = True
         elif name == b"transfer-encoding":
             # Only a lone `chunked` frames a request: anything else is a smuggling vector.
             codings = [c.strip().lower() for c in value.split(b",")]
@@ -436,8 +466,17 @@ class HttpConnection(asyncio.Protocol):
                 raise _Reject(400, "Transfer-Encoding is not allowed in HTTP/1.0")
         else:
             raise _Reject(505, "HTTP version not supported")
-        method = parser.get_method().decode("ascii")
-        raw_path, query, path = self._split_target(self._url, method)
+        raw_method = parser.get_method()
+        method = _METHOD_NAMES.get(raw_method)
+        if method is None:
+            method = _METHOD_NAMES[raw_method] = raw_method.decode("ascii")
+        url = self._url
+        if url[:1] == b"/" and url.find(b"%") < 0 and url.find(b"#") < 0 and method != "CONNECT":
+            # origin-form with nothing to decode: by far the most common target
+            raw_path, _, query = url.partition(b"?")
+            path = raw_path.decode("ascii")
+        else:
+            raw_path, query, path = self._split_target(url, method)
         keep_alive = parser.should_keep_alive() and self.settings.keepalive > 0
         client = self.client
         scheme = self.scheme
@@ -483,11 +522,11 @@ class HttpConnection(asyncio.Protocol):
         """(raw_path, query_string, path) of a request-target; _Reject if it is not one."""
         if method == "CONNECT":
             # authority-form is for proxies; any other form is not a CONNECT at all.
-            if url[:1] == b"/" or b"://" in url:
+            if url[:1] == b"/" or url.find(b"://") >= 0:
                 raise _Reject(400, "Invalid request target for CONNECT")
             raise _Reject(501, "CONNECT is not supported")
         if url[:1] == b"/":  # origin-form, by far the most common
-            if b"#" in url:
+            if url.find(b"#") >= 0:
                 url = url.split(b"#", 1)[0]
             raw_path, _, query = url.partition(b"?")
         elif url == b"*" and method == "OPTIONS":  # asterisk-form
@@ -501,7 +540,7 @@ class HttpConnection(asyncio.Protocol):
                 raise _Reject(400, "Invalid request target")
             raw_path = parsed.path or b"/"
             query = parsed.query or b""
-        if b"%" not in raw_path:
+        if raw_path.find(b"%") < 0:
             return raw_path, query, raw_path.decode("ascii")
         try:
             return raw_path, query, unquote_to_bytes(raw_path).decode("utf-8")
@@ -977,9 +1016,12 @@ class RequestCycle:
         self.response_complete = True
         self.body = []
         self.wake()
-        if conn.settings.access_log or conn.settings.request_hooks is not None:
+        state = conn.state
+        if state.reporting:
             self._report(self.status)
-        conn.state.request_done()
+        state.requests_total += 1
+        if state.requests_total == state.max_requests:
+            state.reached_max_requests()
         conn.response_complete(self)
 
     def _write_head_and_body(self, body: bytes, more_body: bool) -> None:
@@ -1010,11 +1052,11 @@ class RequestCycle:
         if status < 200 or status == 204 or status == 304:
             self.no_body = True
         elif content_length is not None:
-            parts.append(b"content-length: %d\r\n" % content_length)
+            parts.append(_length_line(content_length))
             self.remaining = content_length
         elif not more_body:
             if body or not head_request:
-                parts.append(b"content-length: %d\r\n" % len(body))
+                parts.append(_length_line(len(body)))
                 self.remaining = len(body)
         elif scope["http_version"] == "1.1":
             parts.append(b"transfer-encoding: chunked\r\n")
@@ -1073,7 +1115,7 @@ class RequestCycle:
                 elif lname == b"transfer-encoding":
                     continue  # we frame the body ourselves
                 elif lname == b"connection":
-                    if b"close" in value.lower():
+                    if value.lower().find(b"close") >= 0:
                         close = True
                     continue
                 if not _valid_header_name(name):
@@ -1088,7 +1130,7 @@ class RequestCycle:
             raise RuntimeError("Invalid Content-Length response header in %r" % (headers,)) from None
         # Every line the app gave ends in our CRLF; any other CR, LF or NUL would be response
         # splitting. Counting is one C-speed pass instead of a regex per header.
-        if app_block.count(b"\n") != lines or app_block.count(b"\r") != lines or b"\0" in app_block:
+        if app_block.count(b"\n") != lines or app_block.count(b"\r") != lines or app_block.find(b"\0") >= 0:
             raise RuntimeError("Invalid response header value (CR, LF or NUL) in %r" % (headers,))
         result = (app_block, content_length, close)
         if len(_HEAD_BLOCKS) >= _HEAD_BLOCKS_MAX:

@@ -135,3 +135,18 @@ def test_consumer_headers_go_out_as_they_were_when_sent(loop):
     responses, _ = serve(loop, load(consumer, "consumer", loop=loop), GET)
     assert responses[0].get(b"x-state") == b"as-sent" and responses[0].get(b"x-added") is None
     assert responses[0].body == b"ab"
+
+
+@pytest.mark.parametrize("host", [b"good.example", b"bad host", b"bad\x01host", b"[::1"])
+def test_host_verdicts_hold_on_every_request(loop, host):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x" * len(scope["path"])})
+
+    want = 200 if host == b"good.example" else 400
+    for _ in range(3):  # the first time checked, later times maybe from the cache
+        request = b"GET /abc HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+        responses, _ = serve(loop, app, request)
+        assert [r.status for r in responses] == [want]
+        if want == 200:
+            assert responses[0].body == b"xxxx" and responses[0].get(b"content-length") == b"4"
