@@ -27,8 +27,11 @@ class Listener:
         self.loop = loop
         self.sock = sock
         self.protocol_factory = protocol_factory
-        # Plain ints: socket.accept() turns them into enums for every connection.
-        self._family, self._type, self._proto = int(sock.family), int(sock.type), sock.proto
+        self._proto = sock.proto
+        # The accepted sockets' class: `family` and `type` as plain ints. The standard socket
+        # turns them into enums on every read, and the loop reads them for every connection.
+        self._socket_class = type("AcceptedSocket", (socket.socket,),
+                                  {"__slots__": (), "family": int(sock.family), "type": int(sock.type)})
         local = sock.getsockname()
         # Bound to one address, every connection's local address is that one; bound to all of
         # them, only the connection can say which it came in on.
@@ -69,7 +72,8 @@ class Listener:
                     self.loop.call_later(0.5, self._resume)
                     return
                 raise
-            self._adopt(socket.socket(self._family, self._type, self._proto, fileno=fd), peer)
+            new_socket = self._socket_class
+            self._adopt(new_socket(new_socket.family, new_socket.type, self._proto, fd), peer)
 
     def _resume(self) -> None:
         if not self._reading:
