@@ -78,6 +78,8 @@ _HEAD_BLOCKS: Dict[Any, "tuple[bytes, Optional[int], bool]"] = {}
 _HEAD_BLOCKS_MAX = 1024
 
 
+# Request header names as sent, lower-cased (only those without `_`, which header_map judges).
+_lowered_names: Dict[bytes, bytes] = {}
 # Hosts already found valid: a server is reached under few names (bounded: the client picks them).
 _known_good_hosts: Dict[bytes, bool] = {}
 # `content-length: N` lines, made once per N (formatting an int is dear; bodies repeat sizes).
@@ -193,6 +195,8 @@ class HttpConnection(asyncio.Protocol):
         self._field_size_limit = self.settings.limit_request_field_size
         self._fields_limit = self.settings.limit_request_fields
         self._line_limit = self.settings.limit_request_line
+        self._keepalive_on = self.settings.keepalive > 0
+        self._root_path = self.settings.root_path
         self.transport: Any = None
         self.client: Any = None
         self.server: Any = None
@@ -412,15 +416,21 @@ class HttpConnection(asyncio.Protocol):
         headers = self._headers
         if len(headers) >= self._fields_limit:
             raise _Reject(431, "Too many request header fields")
-        name = name.lower()
-        # (find, not `in`: CPython's bytes.__contains__ first tries the needle as an int and
-        # builds and drops a TypeError every time; these run for every request.)
-        if name.find(b"_") >= 0 and self.settings.header_map != "dangerous":
-            # Gunicorn's header_map: `X_Forwarded_For` and `X-Forwarded-For` look the same to
-            # many frameworks, so a name with `_` is dropped (default) or refused.
-            if self.settings.header_map == "refuse":
-                raise _Reject(400, "Header names with underscores are refused")
-            return
+        lowered = _lowered_names.get(name)
+        if lowered is None:
+            lowered = name.lower()
+            # (find, not `in`: CPython's bytes.__contains__ first tries the needle as an int
+            # and builds and drops a TypeError every time.)
+            if lowered.find(b"_") >= 0:
+                # Gunicorn's header_map: `X_Forwarded_For` and `X-Forwarded-For` look the same
+                # to many frameworks, so a name with `_` is dropped (default) or refused.
+                if self.settings.header_map == "refuse":
+                    raise _Reject(400, "Header names with underscores are refused")
+                if self.settings.header_map != "dangerous":
+                    return
+            elif len(_lowered_names) < 4096:
+                _lowered_names[name] = lowered  # clients send the same few names: kept, bounded
+        name = lowered
         if value[-1:] in _OWS:
             value = value.rstrip(b" \t")
         if name in self._special:
@@ -477,7 +487,7 @@ class HttpConnection(asyncio.Protocol):
             path = raw_path.decode("ascii")
         else:
             raw_path, query, path = self._split_target(url, method)
-        keep_alive = parser.should_keep_alive() and self.settings.keepalive > 0
+        keep_alive = self._keepalive_on and parser.should_keep_alive()
         client = self.client
         scheme = self.scheme
         if self._forwarded is not None:
@@ -491,7 +501,7 @@ class HttpConnection(asyncio.Protocol):
             "client": client,
             "scheme": scheme,
             "method": method,
-            "root_path": self.settings.root_path,
+            "root_path": self._root_path,
             "path": path,
             "raw_path": raw_path,
             "query_string": query,

@@ -150,3 +150,17 @@ def test_host_verdicts_hold_on_every_request(loop, host):
         assert [r.status for r in responses] == [want]
         if want == 200:
             assert responses[0].body == b"xxxx" and responses[0].get(b"content-length") == b"4"
+
+
+def test_request_header_names_lowered_and_underscores_dropped_every_time(loop):
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append([name for name, _ in scope["headers"]])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    request = b"GET / HTTP/1.1\r\nHost: t\r\nX-Mixed-Case: 1\r\nX_Under_Score: 2\r\n\r\n"
+    for _ in range(2):  # the second time the names come from the cache
+        serve(loop, app, request * 2)
+    assert seen == [[b"host", b"x-mixed-case"]] * 4
