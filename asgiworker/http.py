@@ -1083,17 +1083,16 @@ class RequestCycle:
         self.keep_alive = keep_alive
         parts.append(conn.state.default_headers)
         parts.append(b"\r\n")
-        head = b"".join(parts)
         self.head_sent = True
         if head_request or self.no_body:
             # HEAD gets the headers GET would get, and never a byte of body or chunk framing.
             self.no_body = True
-            conn.transport.write(head)
+            conn.transport.write(b"".join(parts))
             self.remaining = None
             return
         if more_body:
             # The start of a stream: held with the parts that follow (see write_soon).
-            conn.write_soon(head)
+            conn.write_soon(b"".join(parts))
             if body:
                 self._write_body(body, True)
             return
@@ -1101,11 +1100,10 @@ class RequestCycle:
             body = self._bounded(body)
             self.sent = len(body)
             if len(body) > _COPY_LIMIT:
-                conn.transport.writelines((head, body))  # no copy of a large body
-            else:
-                conn.transport.write(head + body)  # one small write: one syscall
-        else:
-            conn.transport.write(head)
+                conn.transport.writelines((b"".join(parts), body))  # no copy of a large body
+                return
+            parts.append(body)
+        conn.transport.write(b"".join(parts))  # head and a small body: one copy, one syscall
 
     def _check_headers(self, headers: Any) -> "tuple[bytes, Optional[int], bool]":
         """The app's response headers as one block of lines, with the Content-Length we will
