@@ -76,8 +76,6 @@ _known_good_names: Dict[bytes, bool] = {}
 # Checked response header blocks by the app's headers (see RequestCycle._check_headers).
 _HEAD_BLOCKS: Dict[Any, "tuple[bytes, Optional[int], bool]"] = {}
 _HEAD_BLOCKS_MAX = 1024
-
-
 # Request header names as sent, lower-cased (only those without `_`, which header_map judges).
 _lowered_names: Dict[bytes, bytes] = {}
 # Hosts already found valid: a server is reached under few names (bounded: the client picks them).
@@ -277,6 +275,7 @@ class HttpConnection(asyncio.Protocol):
             self.loop.call_later(self.settings.disconnect_grace, _cancel_if_running, active.task)
         self._pipeline.clear()
         self._out = []
+        self._out_size = 0
         self._wake_drain()
 
     def eof_received(self) -> Optional[bool]:
@@ -1143,7 +1142,7 @@ class RequestCycle:
         result = (app_block, content_length, close)
         if len(_HEAD_BLOCKS) >= _HEAD_BLOCKS_MAX:
             _HEAD_BLOCKS.clear()  # per-response values (cookies, lengths) filled it: start over
-        if type(headers) is tuple and (not headers or type(headers[0]) is tuple):
+        if type(headers) is tuple and (not headers or type(headers[0]) is tuple) and len(app_block) <= 4096:
             try:
                 _HEAD_BLOCKS[headers] = result
             except TypeError:
