@@ -1140,9 +1140,9 @@ class RequestCycle:
         if app_block.count(b"\n") != lines or app_block.count(b"\r") != lines or app_block.find(b"\0") >= 0:
             raise RuntimeError("Invalid response header value (CR, LF or NUL) in %r" % (headers,))
         result = (app_block, content_length, close)
-        if len(_HEAD_BLOCKS) >= _HEAD_BLOCKS_MAX:
-            _HEAD_BLOCKS.clear()  # per-response values (cookies, lengths) filled it: start over
         if type(headers) is tuple and (not headers or type(headers[0]) is tuple) and len(app_block) <= 4096:
+            if len(_HEAD_BLOCKS) >= _HEAD_BLOCKS_MAX:
+                _HEAD_BLOCKS.clear()  # per-response values (cookies, lengths) filled it: start over
             try:
                 _HEAD_BLOCKS[headers] = result
             except TypeError:
