@@ -164,3 +164,19 @@ def test_request_header_names_lowered_and_underscores_dropped_every_time(loop):
     for _ in range(2):  # the second time the names come from the cache
         serve(loop, app, request * 2)
     assert seen == [[b"host", b"x-mixed-case"]] * 4
+
+
+def test_header_block_cache_stays_bounded(loop, monkeypatch):
+    from asgiworker import http
+
+    monkeypatch.setattr(http, "_HEAD_BLOCKS_MAX", 8)
+    count = [0]
+
+    async def app(scope, receive, send):
+        count[0] += 1  # a new header set every response, as a per-response cookie would make
+        await send({"type": "http.response.start", "status": 200, "headers": ((b"x-n", b"%d" % count[0]),)})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    responses, _ = serve(loop, app, GET * 30)
+    assert [r.get(b"x-n") for r in responses] == [b"%d" % i for i in range(1, 31)]
+    assert len(http._HEAD_BLOCKS) <= 8
