@@ -152,11 +152,7 @@ class ServerState:
 
     def request_done(self) -> None:
         self.requests_total += 1
-        if self.requests_total == self.max_requests:
-            self.reached_max_requests()
-
-    def reached_max_requests(self) -> None:
-        if self.on_max_requests is not None:
+        if self.requests_total == self.max_requests and self.on_max_requests is not None:
             self.on_max_requests()
 
     def tick(self) -> None:
@@ -1028,9 +1024,7 @@ class RequestCycle:
         state = conn.state
         if state.reporting:
             self._report(self.status)
-        state.requests_total += 1
-        if state.requests_total == state.max_requests:
-            state.reached_max_requests()
+        state.request_done()
         conn.response_complete(self)
 
     def _write_head_and_body(self, body: bytes, more_body: bool) -> None:
@@ -1043,16 +1037,17 @@ class RequestCycle:
             headers = headers if type(headers) is tuple else tuple(headers)
         except TypeError:
             pass  # not iterable: _check_headers says so
+        # Most apps send the same few header sets again and again: their checked block is kept
+        # (headers as tuples only: [name, value] lists cannot be keys).
+        cacheable = type(headers) is tuple and (not headers or type(headers[0]) is tuple)
         cached = None
-        if type(headers) is tuple and (not headers or type(headers[0]) is tuple):
-            # Most apps send the same few header sets again and again: their checked block is
-            # kept (headers as tuples only: [name, value] lists cannot be keys).
+        if cacheable:
             try:
                 cached = _HEAD_BLOCKS.get(headers)
             except TypeError:
-                pass
+                cacheable = False
         if cached is None:
-            cached = self._check_headers(headers)
+            cached = self._check_headers(headers, cacheable)
         app_block, content_length, close = cached
         if close:
             keep_alive = False
@@ -1104,9 +1099,10 @@ class RequestCycle:
             parts.append(body)
         conn.transport.write(b"".join(parts))  # head and a small body: one copy, one syscall
 
-    def _check_headers(self, headers: Any) -> "tuple[bytes, Optional[int], bool]":
+    def _check_headers(self, headers: Any, cacheable: bool) -> "tuple[bytes, Optional[int], bool]":
         """The app's response headers as one block of lines, with the Content-Length we will
-        write ourselves and whether the app asked to close; RuntimeError for anything invalid."""
+        write ourselves and whether the app asked to close; RuntimeError for anything invalid.
+        Kept in _HEAD_BLOCKS when ``cacheable`` (a hashable tuple of tuples) and small."""
         app_parts: List[bytes] = []
         content_length: Optional[int] = None
         close = False
@@ -1140,13 +1136,10 @@ class RequestCycle:
         if app_block.count(b"\n") != lines or app_block.count(b"\r") != lines or app_block.find(b"\0") >= 0:
             raise RuntimeError("Invalid response header value (CR, LF or NUL) in %r" % (headers,))
         result = (app_block, content_length, close)
-        if type(headers) is tuple and (not headers or type(headers[0]) is tuple) and len(app_block) <= 4096:
+        if cacheable and len(app_block) <= 4096:
             if len(_HEAD_BLOCKS) >= _HEAD_BLOCKS_MAX:
                 _HEAD_BLOCKS.clear()  # per-response values (cookies, lengths) filled it: start over
-            try:
-                _HEAD_BLOCKS[headers] = result
-            except TypeError:
-                pass
+            _HEAD_BLOCKS[headers] = result
         return result
 
     def _write_body(self, body: bytes, more_body: bool) -> None:

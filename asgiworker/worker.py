@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import traceback
+from functools import partial
 from typing import Any, List
 
 import uvloop
@@ -186,7 +187,7 @@ class ASGIWorker(base.Worker):
         # keep it out of the garbage collector's scans, which then only walk request garbage.
         gc.freeze()
         for gunicorn_socket in self.sockets:
-            listener = Listener(loop, gunicorn_socket.sock, lambda peer, local: HttpConnection(state, peer, local), ssl_context, self.log)
+            listener = Listener(loop, gunicorn_socket.sock, partial(HttpConnection, state), ssl_context, self.log)
             listener.start()
             self.servers.append(listener)
         await self._tick_until_stopped()
