@@ -44,7 +44,8 @@ class GunicornServer:
     """A running `gunicorn --worker-class asgiworker.ASGIWorker` master."""
 
     def __init__(self, app: str, *args: str, env: Optional[dict] = None, wait: bool = True,
-                 cwd: Optional[Path] = None) -> None:
+                 cwd: Optional[Path] = None, worker_class: str = "asgiworker.ASGIWorker") -> None:
+        self.worker_class = worker_class
         self.port = free_port()
         self.host = "127.0.0.1"
         self.url = f"http://{self.host}:{self.port}"
@@ -52,7 +53,7 @@ class GunicornServer:
         cmd: List[str] = [
             sys.executable, "-m", "gunicorn", app,
             "--bind", f"{self.host}:{self.port}",
-            "--worker-class", "asgiworker.ASGIWorker",
+            "--worker-class", worker_class,
             "--workers", "1",
             "--graceful-timeout", "5",
             "--log-level", "debug",
