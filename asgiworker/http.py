@@ -1,9 +1,13 @@
 """HTTP/1.1 connections on httptools: parsing, framing, keep-alive, pipelining, flow control.
 
 One ``HttpConnection`` per socket. Each request becomes a ``RequestCycle`` whose ``receive`` and
-``send`` are handed to the (single, internal) ASGI 3 callable; the cycle runs as one task.
-Pipelined requests are parsed as they arrive but answered strictly in order: only the oldest
-request's task runs, the others wait in ``_pipeline`` with their bodies buffered (bounded).
+``send`` are handed to the (single, internal) ASGI 3 callable; the cycle runs as one real asyncio
+Task (``asgiworker.tasks``). Pipelined requests are parsed as they arrive but answered strictly in
+order: only the oldest request's task runs, the others wait in ``_pipeline`` with their bodies
+buffered (bounded). The next one is started from the event loop once the previous response is
+complete, never from inside the previous application's ``send()``. At most ``MAX_PIPELINED``
+requests wait; past that the parser is not fed (the rest of the read waits as bytes, reading
+paused) until one of them has been answered.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from asgiworker import proxy_protocol
 from asgiworker.accesslog import log_access
 from asgiworker.config import Settings
 from asgiworker.errors import ClientDisconnected
+from asgiworker.tasks import start_task
 from asgiworker.tls import tls_extension
 from asgiworker.websocket import WebSocketSession, build_raw_request, is_websocket_upgrade, websocket_scope
 
@@ -34,6 +39,11 @@ ASGIApp = Callable[[Dict[str, Any], Callable[[], Awaitable[Dict[str, Any]]], Cal
 BODY_HIGH_WATER = 256 * 1024
 BODY_LOW_WATER = 64 * 1024
 MAX_PIPELINED = 16
+# The shortest complete request is 18 bytes (`GET / HTTP/1.0` CRLF CRLF), and every request head
+# ends in CRLF CRLF (the parser takes no bare LF): a read holds at most one completed request more
+# than it has head terminators (the request already under way when it arrived).
+_MIN_REQUEST = 18
+_HEAD_END = b"\r\n\r\n"
 # Above this, a body is handed to the transport as is rather than joined to its framing.
 _COPY_LIMIT = 64 * 1024
 # The parts of a streamed response are held until the app lets the loop run (or this much has
@@ -130,6 +140,13 @@ class ServerState:
         self.log = log
         self.loop = loop
         self.connections: "set[HttpConnection]" = set()
+        # Every request and WebSocket session runs in its own copy of this context, taken before
+        # anything is served (see asgiworker.tasks). Those whose task is still running are kept
+        # here (each takes itself out as its task ends), so that a shutdown cancels the
+        # application's requests and nothing else: the lifespan and whatever it started live on
+        # until the lifespan shutdown.
+        self.base_context = copy_context()
+        self.running: "set[Any]" = set()
         self.stopping = False
         self.requests_total = 0
         # 0 (no limit) is never reached: the counter starts at 0 and is compared after a +1.
@@ -149,6 +166,19 @@ class ServerState:
         self.default_headers = b"".join(
             (b"date: ", formatdate(usegmt=True).encode("ascii"), b"\r\nserver: ", self.settings.server_header, b"\r\n")
         )
+
+    def start_app_task(self, owner: Any, coro: Any) -> "asyncio.Task[Any]":
+        """Start ``coro``, ``owner``'s application call, as a Task of its own (asgiworker.tasks).
+        ``owner`` is in ``running`` until its call ends; the call takes it out itself, which
+        costs less than a done-callback (a request answered in its first step never goes in)."""
+        task = start_task(self.loop, coro, self.base_context)
+        if not task.done():
+            self.running.add(owner)
+        return task
+
+    def running_tasks(self) -> "list[asyncio.Task[Any]]":
+        """The application tasks still running (requests, WebSocket sessions)."""
+        return [owner.task for owner in self.running if owner.task is not None and not owner.task.done()]
 
     def request_done(self) -> None:
         self.requests_total += 1
@@ -205,6 +235,10 @@ class HttpConnection(asyncio.Protocol):
         self._upgrade: Optional[bytes] = None
         self._bad_line: Optional[bytes] = None
         self._deferred: Optional[RequestCycle] = None
+        # Bytes not fed to the parser yet because MAX_PIPELINED requests wait (reading is paused).
+        self._held: Optional[bytes] = None
+        # The client has shut down its sending side: nothing more will arrive.
+        self._eof = False
         self._served = 0
         self._since_boundary: Optional[bytes] = None
         self._websocket: Optional[WebSocketSession] = None
@@ -270,6 +304,7 @@ class HttpConnection(asyncio.Protocol):
             # is still running after the grace period, it is cancelled.
             self.loop.call_later(self.settings.disconnect_grace, _cancel_if_running, active.task)
         self._pipeline.clear()
+        self._held = None
         self._out = []
         self._out_size = 0
         self._wake_drain()
@@ -277,10 +312,16 @@ class HttpConnection(asyncio.Protocol):
     def eof_received(self) -> Optional[bool]:
         # A client may shut down its write side after its request and still wait for the
         # answer: keep the transport open while there is a request to answer.
+        # Its requests whose body is complete learn it from receive() (`http.disconnect`) and may
+        # still send their response; one whose body was cut short is disconnected.
         if self._active is not None or self._pipeline:
-            self._ignore_input = True
-            if self._parsing is not None and self._parsing.more_body:
-                self._parsing.on_disconnect()
+            self._eof = True
+            parsing = self._parsing
+            for cycle in (self._active, *self._pipeline):
+                if cycle is not None and cycle is not parsing:
+                    cycle.on_eof()
+            if parsing is not None and parsing.more_body:
+                parsing.on_disconnect()
             return True
         return None
 
@@ -294,6 +335,48 @@ class HttpConnection(asyncio.Protocol):
             data = self._read_proxy_header(data)
             if not data:
                 return
+        if self._held is not None:
+            self._held += data  # behind the bytes already waiting (reading is paused: bounded)
+            return
+        room = MAX_PIPELINED - len(self._pipeline)
+        if len(data) <= room * _MIN_REQUEST or data.count(_HEAD_END) < room:
+            self._parse(data, b"")  # cannot complete more requests than there is room for
+        else:
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data`` without ever queueing more than MAX_PIPELINED requests: cut it before
+        the head that would overflow the pipeline, and hold the rest until there is room."""
+        while data and not self._ignore_input and not self._closed:
+            room = MAX_PIPELINED - len(self._pipeline)
+            if room <= 0:
+                self._held = data
+                self._pause_reading()
+                return
+            cut = -1
+            for _ in range(room):
+                cut = data.find(_HEAD_END, cut + 1)
+                if cut < 0:
+                    break
+            if cut < 0:
+                piece, data = data, b""
+            else:
+                # Up to the last byte of the room-th head terminator: at most room-1 heads end in
+                # the piece, plus the request under way before it.
+                piece, data = data[:cut + 3], data[cut + 3:]
+            self._parse(piece, data)
+        if data and self._bad_line is not None:
+            self._read_bad_request_line(data)
+
+    def _feed_held(self) -> None:
+        """A pipelined request was answered: parse what waited for room, then read again."""
+        data, self._held = self._held, None
+        if data is not None and not self._ignore_input:
+            self._feed(data)
+        self._maybe_resume_reading()
+
+    def _parse(self, data: bytes, rest: bytes) -> None:
+        """Feed ``data`` to the parser; ``rest``: the bytes that follow it, not fed yet."""
         # The bytes since the parser last stood between two requests at the start of a read:
         # only to find where a request with a bad method starts, if one comes (see below).
         if self._head_started is None and self._parsing is None:
@@ -307,7 +390,7 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self._ignore_input = True
             if self._websocket is not None:
-                self._websocket_leftover = data[exc.args[0]:] if exc.args else b""
+                self._websocket_leftover = (data[exc.args[0]:] if exc.args else b"") + rest
                 if self._active is None and not self._pipeline:
                     self._hand_over_to_websocket()
                 return
@@ -571,21 +654,22 @@ class HttpConnection(asyncio.Protocol):
 
     # -- request scheduling -------------------------------------------------------------------
 
-    def _start(self, cycle: "RequestCycle") -> None:
-        self._active = cycle
-        self._run(cycle)
-
     def _run(self, cycle: "RequestCycle") -> None:
-        # Run the app eagerly, right here, in a context of its own (as a Task would): most
-        # requests finish without ever waiting, and then cost no Task at all. Only one that
-        # suspends is handed to a Task to finish.
-        coro = cycle.run()
-        context = copy_context()
-        try:
-            waiting_on = context.run(coro.send, None)
-        except StopIteration:
+        cycle.task = self.state.start_app_task(cycle, cycle.run())
+
+    def _start_next(self) -> None:
+        """From the loop, once the previous response is complete: run the next pipelined request
+        (started here, never inside the previous app's send(), so the stack does not grow with
+        the depth of the pipeline), then parse what waited for its place."""
+        cycle = self._active
+        if self._closed or cycle is None:
             return
-        cycle.task = self.loop.create_task(_finish(coro, waiting_on), context=context)
+        if not cycle.disconnected and cycle.task is None:
+            self._run(cycle)
+        if self._held is not None:
+            self._feed_held()
+        else:
+            self._maybe_resume_reading()
 
     def response_complete(self, cycle: "RequestCycle") -> None:
         self._active = None
@@ -598,24 +682,31 @@ class HttpConnection(asyncio.Protocol):
             self._close()
             return
         if self._pipeline:
-            self._start(self._pipeline.popleft())
-            self._maybe_resume_reading()
+            # The next request is the active one from now on (new heads queue behind it); it
+            # starts from the loop.
+            self._active = self._pipeline.popleft()
+            self.loop.call_soon(self._start_next)
             return
         if self._websocket is not None:
-            self._hand_over_to_websocket()
+            # From the loop too: the WebSocket app must not start inside this app's send().
+            self.loop.call_soon(self._hand_over_to_websocket)
             return
         if self._pending_error is not None:
             self._send_and_close(self._pending_error)
             return
         if self._bad_line is not None:
             return  # a bad request line is still arriving: its error response comes next
-        if self._closing or self._ignore_input:
+        if self._closing or self._ignore_input or self._eof:
             self._close()
             return
-        self._last_activity = self.loop.time()
+        self._last_activity = now = self.loop.time()
+        if self._head_started is not None:
+            self._head_started = now  # a head begun behind this request: its time starts now
         self._maybe_resume_reading()
 
     def _hand_over_to_websocket(self) -> None:
+        if self._closed or self._websocket is None:
+            return  # the client left before its turn came
         session, self._websocket = self._websocket, None
         self.state.connections.discard(self)
         self._closed = True  # this object no longer owns the transport
@@ -683,7 +774,8 @@ class HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _maybe_resume_reading(self) -> None:
-        if not self._reading_paused or self._closed or len(self._pipeline) >= MAX_PIPELINED:
+        if not self._reading_paused or self._closed or self._held is not None \
+                or len(self._pipeline) >= MAX_PIPELINED:
             return
         parsing = self._parsing
         if parsing is not None and parsing.buffered > BODY_LOW_WATER and not parsing.response_complete:
@@ -708,8 +800,15 @@ class HttpConnection(asyncio.Protocol):
     # -- life and death -----------------------------------------------------------------------
 
     def check_timeouts(self, now: float) -> None:
-        if self._active is not None or self._pipeline or self._closed:
+        if self._closed:
             return
+        active = self._active
+        if active is not None:
+            task = active.task
+            if task is None or not task.done():
+                return  # an application is at work (or about to start): its time is its own
+            # Nothing runs for this connection any more although requests are queued: the idle
+            # and header timeouts below apply, so that a stalled connection cannot live forever.
         if self._head_started is not None:
             if now - self._head_started > self.settings.header_timeout:
                 self.state.log.info("Closing connection from %s: request head not received in %gs",
@@ -772,32 +871,6 @@ def _failing_message_start(data: bytes) -> int:
     return start
 
 
-async def _finish(coro: Any, waiting_on: Any) -> None:
-    """Drive a coroutine that was started eagerly and suspended on ``waiting_on``."""
-    while True:
-        try:
-            if waiting_on is None:
-                await asyncio.sleep(0)  # a bare yield: it only wanted to let others run
-            else:
-                # As a Task's step does: the future was handed over, so it is no longer
-                # "blocking" the coroutine that yielded it; now we block on it instead.
-                waiting_on._asyncio_future_blocking = False
-                await waiting_on
-        except BaseException as exc:
-            if waiting_on is None or not waiting_on.done():
-                # Cancelled while waiting: deliver the cancellation into the coroutine.
-                try:
-                    waiting_on = coro.throw(exc)
-                except StopIteration:
-                    return
-                continue
-            # Otherwise the future failed: the coroutine reads that outcome from it itself.
-        try:
-            waiting_on = coro.send(None)
-        except StopIteration:
-            return
-
-
 # The extension every HTTP scope offers: a whole response in one message,
 #   {"type": "asgiworker.http.response.complete", "status": int, "headers": [...], "body": bytes}
 # what `http.response.start` and one final `http.response.body` do, in one await. Our channel
@@ -813,7 +886,7 @@ class RequestCycle:
     __slots__ = (
         "conn", "scope", "keep_alive", "expect_100", "body", "buffered", "more_body", "waiter",
         "disconnected", "response_started", "head_sent", "response_complete", "status", "headers",
-        "chunked", "remaining", "no_body", "task", "started", "sent", "body_done",
+        "chunked", "remaining", "no_body", "task", "started", "sent", "body_done", "eof",
     )
 
     def __init__(self, conn: HttpConnection, scope: Dict[str, Any], keep_alive: bool, expect_100: bool) -> None:
@@ -825,6 +898,7 @@ class RequestCycle:
         self.buffered = 0
         self.more_body = True
         self.body_done = False
+        self.eof = False
         self.waiter: Optional[asyncio.Future] = None
         self.disconnected = False
         self.response_started = False
@@ -847,6 +921,12 @@ class RequestCycle:
 
     def on_disconnect(self) -> None:
         self.disconnected = True
+        self.wake()
+
+    def on_eof(self) -> None:
+        """The client sends nothing more (it may still read): once the body is delivered,
+        receive() says `http.disconnect`, while send() still writes the response."""
+        self.eof = True
         self.wake()
 
     async def run(self) -> None:
@@ -875,6 +955,8 @@ class RequestCycle:
             conn.state.log.error("ASGI application returned without %s the response to %s %s", what,
                                  self.scope["method"], self.scope["raw_path"].decode("latin-1"))
             self._fail()
+        finally:
+            conn.state.running.discard(self)
 
     def _fail(self) -> None:
         """Answer 500 if nothing went out yet, else cut the connection: never a second response."""
@@ -913,11 +995,12 @@ class RequestCycle:
         if self.body_done:
             # The whole body was delivered: the next event is the end of the response or the
             # client leaving (apps wait here to notice a disconnect while they stream).
-            self.waiter = self.conn.loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
+            if not self.eof:
+                self.waiter = self.conn.loop.create_future()
+                try:
+                    await self.waiter
+                finally:
+                    self.waiter = None
             return {"type": "http.disconnect"}
         if not self.body and self.more_body:
             if self.expect_100:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 # Bounds one wake-up, so that accepting cannot starve the connections already being served.
 MAX_ACCEPTS_PER_WAKEUP = 512
@@ -82,22 +82,11 @@ class Listener:
     def _adopt(self, conn: socket.socket, peer: Any) -> None:
         self.pending += 1
         factory, local = self.protocol_factory, self._local
-        self._drive(self.loop.connect_accepted_socket(lambda: factory(peer, local), conn, ssl=self.ssl))
+        # The loop's own set-up coroutine (no application code runs in it), as a Task of its own.
+        setup = self.loop.create_task(self.loop.connect_accepted_socket(lambda: factory(peer, local), conn, ssl=self.ssl))
+        setup.add_done_callback(self._set_up)
 
-    def _drive(self, coro: Any, _: Optional[asyncio.Future] = None) -> None:
-        """Run the loop's own short set-up coroutine (no user code) without the cost of a Task:
-        step it, and step it again when the future it waits on is done."""
-        try:
-            waiting_on = coro.send(None)
-        except StopIteration:
-            self.pending -= 1
-            return
-        except (OSError, asyncio.CancelledError) as exc:
-            self.pending -= 1
-            self.log.debug("Connection not set up: %r", exc)  # e.g. a failed TLS handshake
-            return
-        if waiting_on is None:
-            self.loop.call_soon(self._drive, coro)
-            return
-        waiting_on._asyncio_future_blocking = False
-        waiting_on.add_done_callback(lambda future: self._drive(coro, future))
+    def _set_up(self, setup: "asyncio.Task[Any]") -> None:
+        self.pending -= 1
+        if not setup.cancelled() and setup.exception() is not None:
+            self.log.debug("Connection not set up: %r", setup.exception())  # e.g. a failed TLS handshake

@@ -90,7 +90,7 @@ class WebSocketSession(asyncio.Protocol):
             return
         self._handshake = response
         self._enqueue({"type": "websocket.connect"})
-        self.task = self.loop.create_task(self.run())
+        self.task = self.state.start_app_task(self, self.run())
         if leftover:
             self.data_received(leftover)
 
@@ -177,6 +177,8 @@ class WebSocketSession(asyncio.Protocol):
                 self.state.log.error("WebSocket application returned without accepting or closing %s",
                                      self.scope["raw_path"].decode("latin-1"))
             self._abort_from_app(normal=True)
+        finally:
+            self.state.running.discard(self)
 
     def _abort_from_app(self, normal: bool = False) -> None:
         """The app is gone: refuse the handshake (500) or close the socket if still open (1000

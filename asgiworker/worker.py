@@ -95,7 +95,7 @@ class ASGIWorker(base.Worker):
                 self.log.exception("Syntax error while loading the application")
                 if self.reloader is not None and exc.filename:
                     self.reloader.add_extra_file(exc.filename)
-                self.asgi = adapters.error_app("".join(traceback.format_exception(exc)))
+                self.asgi = adapters.error_app("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
                 return
             self.asgi = adapters.load(self.wsgi, self.settings.app_kind, loop=self.loop)
         except (adapters.AppKindError, ConfigurationError) as exc:
@@ -191,7 +191,7 @@ class ASGIWorker(base.Worker):
             listener.start()
             self.servers.append(listener)
         await self._tick_until_stopped()
-        await self._shutdown(keep={lifespan.task})
+        await self._shutdown()
         # Gunicorn's master SIGKILLs us graceful_timeout after its SIGTERM: finish before that.
         hard_end = (self._stop_at or loop.time()) + float(self.cfg.graceful_timeout) - 0.1
         await lifespan.shutdown(max(0.1, hard_end - loop.time()), heartbeat=self.notify)
@@ -221,7 +221,7 @@ class ASGIWorker(base.Worker):
             except asyncio.TimeoutError:
                 pass
 
-    async def _shutdown(self, keep: "set[Any]") -> None:
+    async def _shutdown(self) -> None:
         for server in self.servers:
             server.close()
         state = self.state
@@ -246,10 +246,11 @@ class ASGIWorker(base.Worker):
         if state.connections:
             self.log.warning("Graceful timeout reached: closing %d connection(s)", len(state.connections))
             state.force_close()
-        # The apps that were cut learn it from send()/receive(): give them a moment to wind
-        # down, then cancel what still runs, so that the lifespan shutdown comes last.
-        current = asyncio.current_task()
-        running = [t for t in asyncio.all_tasks(loop) if t is not current and t not in keep]
+        # The requests that were cut learn it from send()/receive(): give them a moment to wind
+        # down, then cancel those still running, so that the lifespan shutdown comes last. Only
+        # the application's request and WebSocket tasks: the lifespan and whatever it started
+        # (an anyio task group, a background poller) live until the lifespan shutdown ends them.
+        running = state.running_tasks()
         if running:
             _, still = await asyncio.wait(running, timeout=0.2)
             for task in still:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from asyncio import _get_running_loop
 import threading
 import time
 from threading import get_ident
@@ -242,7 +241,7 @@ class ConsumerAdapter:
     def _channel_layer(self) -> ChannelLayer:
         if self._fixed_layer is not None:
             return self._fixed_layer
-        loop = _get_running_loop()
+        loop = asyncio.get_running_loop()
         layer = self._layer
         if layer is None or layer.loop is not loop:
             layer = self._layer = ChannelLayer(loop)
