@@ -167,14 +167,13 @@ class ServerState:
             (b"date: ", formatdate(usegmt=True).encode("ascii"), b"\r\nserver: ", self.settings.server_header, b"\r\n")
         )
 
-    def start_app_task(self, owner: Any, coro: Any) -> "asyncio.Task[Any]":
-        """Start ``coro``, ``owner``'s application call, as a Task of its own (asgiworker.tasks).
+    def start_app_task(self, owner: Any, coro: Any) -> None:
+        """Start ``coro``, ``owner``'s application call, as ``owner.task`` (asgiworker.tasks).
         ``owner`` is in ``running`` until its call ends; the call takes it out itself, which
         costs less than a done-callback (a request answered in its first step never goes in)."""
-        task = start_task(self.loop, coro, self.base_context)
+        owner.task = task = start_task(self.loop, coro, self.base_context)
         if not task.done():
             self.running.add(owner)
-        return task
 
     def running_tasks(self) -> "list[asyncio.Task[Any]]":
         """The application tasks still running (requests, WebSocket sessions)."""
@@ -427,7 +426,7 @@ class HttpConnection(asyncio.Protocol):
             if deferred is not None:
                 self._deferred = None
                 if not deferred.disconnected:
-                    self._run(deferred)
+                    self.state.start_app_task(deferred, deferred.run())
 
     def _read_bad_request_line(self, data: bytes) -> None:
         line = self._bad_line + data.lstrip(b"\r\n") if not self._bad_line else self._bad_line + data  # type: ignore[operator]
@@ -649,13 +648,11 @@ class HttpConnection(asyncio.Protocol):
         cycle = self._parsing
         if cycle is not None:
             cycle.more_body = False
-            cycle.wake()
+            if cycle.waiter is not None:
+                cycle.wake()
             self._parsing = None
 
     # -- request scheduling -------------------------------------------------------------------
-
-    def _run(self, cycle: "RequestCycle") -> None:
-        cycle.task = self.state.start_app_task(cycle, cycle.run())
 
     def _start_next(self) -> None:
         """From the loop, once the previous response is complete: run the next pipelined request
@@ -665,7 +662,7 @@ class HttpConnection(asyncio.Protocol):
         if self._closed or cycle is None:
             return
         if not cycle.disconnected and cycle.task is None:
-            self._run(cycle)
+            self.state.start_app_task(cycle, cycle.run())
         if self._held is not None:
             self._feed_held()
         else:

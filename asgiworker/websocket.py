@@ -12,7 +12,7 @@ import asyncio
 import os
 from collections import deque
 from http import HTTPStatus
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Deque, Dict, List, Optional
 
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Opcode
@@ -22,7 +22,9 @@ from websockets.server import ServerProtocol
 
 from asgiworker.errors import ClientDisconnected
 
-HANDSHAKE_TIMEOUT_CLOSE = 1006
+# websockets 16 and later take (message, fragment) limits; earlier releases (the newest on Python
+# 3.9 is 15) take one limit, which applies to each frame: the same per-frame check either way.
+_SPLIT_LIMITS = hasattr(ServerProtocol(), "max_fragment_size")
 
 
 def _simple_response(status: int, body: bytes, extra: bytes = b"") -> bytes:
@@ -41,10 +43,10 @@ class WebSocketSession(asyncio.Protocol):
         self.scope = scope
         self.transport: Any = None
         extensions = [ServerPerMessageDeflateFactory()] if self.settings.ws_per_message_deflate else []
-        # The library enforces the limit per frame; we enforce it per message below too.
         # The library checks each frame (and its decompression) against the limit; the limit on
         # a whole fragmented message is ours, below.
-        self.protocol = ServerProtocol(extensions=extensions, max_size=(None, self.settings.ws_max_size))
+        limit = self.settings.ws_max_size
+        self.protocol = ServerProtocol(extensions=extensions, max_size=(None, limit) if _SPLIT_LIMITS else limit)
         self._raw_request = raw_request
         self._handshake: Any = None
         self._inbox: Deque[Dict[str, Any]] = deque()
@@ -90,7 +92,7 @@ class WebSocketSession(asyncio.Protocol):
             return
         self._handshake = response
         self._enqueue({"type": "websocket.connect"})
-        self.task = self.state.start_app_task(self, self.run())
+        self.state.start_app_task(self, self.run())
         if leftover:
             self.data_received(leftover)
 
@@ -416,5 +418,3 @@ def websocket_scope(http_scope: Dict[str, Any]) -> Dict[str, Any]:
     scope.pop("method", None)
     return scope
 
-
-UpgradeHandler = Callable[[Any, Dict[str, Any], bytes], None]

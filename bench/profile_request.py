@@ -81,32 +81,46 @@ def request_for(name: str) -> bytes:
     return REQUEST
 
 
-async def run(name: str, count: int, profiler) -> "tuple[float, int, int]":
+async def run(name: str, count: int, profiler, connections: int = 1) -> "tuple[float, int, int]":
     loop = asyncio.get_running_loop()
     app = load_app(getattr(apps, name), loop=loop)
     state = ServerState(app, Settings(), logging.getLogger("profile"), loop)
-    conn = HttpConnection(state)
-    transport = CountingTransport()
-    conn.connection_made(transport)
+    conns = []
+    transports = []
+    for _ in range(connections):
+        conn = HttpConnection(state)
+        transport = CountingTransport()
+        conn.connection_made(transport)
+        conns.append(conn)
+        transports.append(transport)
     request = request_for(name)
-    feed = conn.data_received
-    for _ in range(200):  # warm up
-        feed(request)
-        await asyncio.sleep(0)
-    transport.bytes = transport.writes = 0
+    feeds = [conn.data_received for conn in conns]
+
+    async def serve_once() -> None:
+        # One request on each connection, as one turn of a loaded loop delivers them, then the
+        # turns their tasks need (none for a request answered in its task's eager first step).
+        for feed in feeds:
+            feed(request)
+        while any(conn._active is not None for conn in conns):
+            await asyncio.sleep(0)
+
+    for _ in range(max(1, 200 // connections)):  # warm up
+        await serve_once()
+    for transport in transports:
+        transport.bytes = transport.writes = 0
+    rounds = max(1, count // connections)
     if profiler:
         profiler.enable()
     started = time.perf_counter()
-    for _ in range(count):
-        feed(request)
-        if conn._active is not None:  # the app suspended: let its task finish
-            while conn._active is not None:
-                await asyncio.sleep(0)
+    for _ in range(rounds):
+        await serve_once()
     elapsed = time.perf_counter() - started
     if profiler:
         profiler.disable()
-    assert not transport.closed, "the connection was closed: the app failed?"
-    return elapsed / count * 1e6, transport.bytes // count, transport.writes / count
+    assert not any(t.closed for t in transports), "a connection was closed: the app failed?"
+    served = rounds * connections
+    return (elapsed / served * 1e6, sum(t.bytes for t in transports) // served,
+            sum(t.writes for t in transports) / served)
 
 
 def main() -> None:
@@ -114,12 +128,15 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=50000, help="requests per app")
     parser.add_argument("--only", action="append", choices=APPS, help="these apps only")
     parser.add_argument("--profile", choices=APPS, help="print a cProfile of this app")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="connections served side by side, one request each per loop turn, as under "
+                             "load (default 1: every request pays a whole turn of the loop)")
     args = parser.parse_args()
     names = [args.profile] if args.profile else (args.only or APPS)
     for name in names:
         profiler = cProfile.Profile() if args.profile else None
         count = args.n // 20 if name in ("stream", "echo") else args.n
-        micros, size, writes = uvloop.run(run(name, count, profiler))
+        micros, size, writes = uvloop.run(run(name, count, profiler, args.connections))
         print(f"{name:16s} {micros:8.2f} µs/request  {size:7d} bytes/response  {writes:6.1f} writes/response")
         if profiler:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
