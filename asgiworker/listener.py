@@ -13,6 +13,8 @@ import errno
 import socket
 from typing import Any, Callable
 
+from asgiworker.tasks import start_server_task
+
 # Bounds one wake-up, so that accepting cannot starve the connections already being served.
 MAX_ACCEPTS_PER_WAKEUP = 512
 _RETRY_LATER = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -83,8 +85,11 @@ class Listener:
         self.pending += 1
         factory, local = self.protocol_factory, self._local
         # The loop's own set-up coroutine (no application code runs in it), as a Task of its own.
-        setup = self.loop.create_task(self.loop.connect_accepted_socket(lambda: factory(peer, local), conn, ssl=self.ssl))
-        setup.add_done_callback(self._set_up)
+        setup = start_server_task(self.loop, self.loop.connect_accepted_socket(lambda: factory(peer, local), conn, ssl=self.ssl))
+        if setup.done():
+            self._set_up(setup)
+        else:
+            setup.add_done_callback(self._set_up)
 
     def _set_up(self, setup: "asyncio.Task[Any]") -> None:
         self.pending -= 1

@@ -40,3 +40,11 @@ else:
         """Run ``coro`` as a Task of ``loop`` in a copy of ``base``, from the loop's next turn."""
         # Before 3.11 a Task copies the context it is created in: create it inside the base.
         return base.run(loop.create_task, coro)
+
+
+def start_server_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> "asyncio.Task[Any]":
+    """A Task for the server's own short coroutines (the loop's connection set-up: no
+    application code), started eagerly where the standard library can."""
+    if EAGER:
+        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg]  # 3.12+ API
+    return loop.create_task(coro)
