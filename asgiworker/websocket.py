@@ -22,9 +22,6 @@ from websockets.server import ServerProtocol
 
 from asgiworker.errors import ClientDisconnected
 
-# websockets 16 and later take (message, fragment) limits; earlier releases (the newest on Python
-# 3.9 is 15) take one limit, which applies to each frame: the same per-frame check either way.
-_SPLIT_LIMITS = hasattr(ServerProtocol(), "max_fragment_size")
 
 
 def _simple_response(status: int, body: bytes, extra: bytes = b"") -> bytes:
@@ -45,8 +42,7 @@ class WebSocketSession(asyncio.Protocol):
         extensions = [ServerPerMessageDeflateFactory()] if self.settings.ws_per_message_deflate else []
         # The library checks each frame (and its decompression) against the limit; the limit on
         # a whole fragmented message is ours, below.
-        limit = self.settings.ws_max_size
-        self.protocol = ServerProtocol(extensions=extensions, max_size=(None, limit) if _SPLIT_LIMITS else limit)
+        self.protocol = ServerProtocol(extensions=extensions, max_size=(None, self.settings.ws_max_size))
         self._raw_request = raw_request
         self._handshake: Any = None
         self._inbox: Deque[Dict[str, Any]] = deque()

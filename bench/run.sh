@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Benchmark our worker against its peers on this machine. Usage and what it measures: README.md.
-#   bench/run.sh [--quick] [--rounds N] [--duration S] [--only WORKLOAD[,..]] [--servers NAME[,..]]
+#   [PYTHON=python3.X] bench/run.sh [--quick] [--rounds N] [--duration S] [--only WORKLOAD[,..]] [--servers NAME[,..]]
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-VENV="$HERE/.venv"
+# One venv per Python: PYTHON=python3.13 bench/run.sh measures on that Python (bench/.venv-3.13).
+if [ -n "${PYTHON:-}" ]; then
+    VENV="$HERE/.venv-$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+else
+    VENV="$HERE/.venv"
+fi
 
 # wrk (load generator), taskset and curl.
 if ! command -v wrk >/dev/null; then

@@ -188,9 +188,11 @@ def test_ten_thousand_pipelined_requests_in_one_read_are_answered_in_order_with_
     wire = b"".join(get("/%d" % i) for i in range(10_000))
     loop.run_until_complete(harness.feed([wire], timeout=60))
     assert bodies(harness.output()) == [b"/%d" % i for i in range(10_000)]
-    depths = {depth for depth, _ in record}
+    # The first request starts from data_received, every later one from the loop (_start_next):
+    # all of those at the same depth, however deep the pipeline.
+    depths = {depth for depth, _ in record[1:]}
     queued = max(waiting for _, waiting in record)
-    assert max(depths) - min(depths) <= 2, "the stack grows with the pipeline"
+    assert len(depths) == 1, f"the stack grows with the pipeline: depths {sorted(depths)[:3]}..{sorted(depths)[-3:]}"
     assert queued <= MAX_PIPELINED
     assert harness.transport.pause_count >= 1  # reading paused while the queue was full
 

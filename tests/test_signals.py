@@ -400,7 +400,9 @@ def test_max_requests_restarts_under_load_lose_no_request(gunicorn, tmp_path):
 def test_reload_restarts_the_worker_on_a_code_change(gunicorn, tmp_path):
     module = tmp_path / "dropin_reloadable.py"
     module.write_text(reloadable_source("v1"))
-    server = gunicorn("dropin_reloadable:app", "--reload", cwd=tmp_path)
+    # No bytecode cache: v1 and v2 have the same size and may share a modification second, and
+    # Python would then take v1's cached bytecode for v2.
+    server = gunicorn("dropin_reloadable:app", "--reload", cwd=tmp_path, env={"PYTHONDONTWRITEBYTECODE": "1"})
     version, pid = http_request(server.port, "/").body.decode().split()
     assert version == "v1"
     time.sleep(0.1)
