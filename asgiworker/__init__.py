@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 __all__ = ["ASGIWorker", "__version__"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # Imported lazily so that `import asgiworker.adapters` (done by user code for the
     # wrappers) does not drag in Gunicorn's worker machinery.
     if name == "ASGIWorker":

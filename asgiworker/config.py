@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from asgiworker.accesslog import access_log_enabled
 from asgiworker.proxy import ProxyPolicy
@@ -28,15 +28,16 @@ WS_PING_INTERVAL_ENV = "ASGIWORKER_WS_PING_INTERVAL"
 WS_PING_TIMEOUT_ENV = "ASGIWORKER_WS_PING_TIMEOUT"
 WS_DEFLATE_ENV = "ASGIWORKER_WS_PER_MESSAGE_DEFLATE"
 LIFESPAN_MODES = ("auto", "on", "off")
+_N = TypeVar("_N", int, float)
 
 
 class ConfigurationError(Exception):
     """A setting has a value we cannot work with; the message says what to change."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
-    """Everything the HTTP layer needs to know, resolved once at boot."""
+    """Everything the HTTP layer needs to know, resolved once at boot (and never changed)."""
 
     keepalive: float = 2.0
     header_timeout: float = 10.0
@@ -54,7 +55,7 @@ class Settings:
     proxy_protocol: str = "off"
     header_map: str = "drop"
     disconnect_grace: float = 3.0
-    # Gunicorn's pre_request/post_request hooks, when set (see hooks.py); filled by the worker.
+    # Gunicorn's pre_request/post_request hooks, when set (see hooks.py); the worker makes them.
     request_hooks: Any = None
     ws_max_size: Optional[int] = 16 * 1024 * 1024  # None: no limit
     ws_max_queue: int = 32
@@ -64,11 +65,11 @@ class Settings:
     proxy_protocol_peers: Optional[ProxyPolicy] = None
 
     @classmethod
-    def from_gunicorn(cls, cfg: Any, environ: Optional[Mapping[str, str]] = None) -> "Settings":
+    def from_gunicorn(cls, cfg: Any, environ: Optional[Mapping[str, str]] = None, request_hooks: Any = None) -> "Settings":
         environ = os.environ if environ is None else environ
         return cls(
             keepalive=float(cfg.keepalive),
-            header_timeout=_positive_float(environ, HEADER_TIMEOUT_ENV, 10.0),
+            header_timeout=_seconds(environ, HEADER_TIMEOUT_ENV, 10.0),
             # Gunicorn uses 0 to mean "unlimited" for these.
             limit_request_line=int(cfg.limit_request_line) or 1 << 30,
             limit_request_fields=int(cfg.limit_request_fields) or 1 << 30,
@@ -87,9 +88,10 @@ class Settings:
             ws_max_size=_ws_max_size(cfg, environ),
             ws_max_queue=_positive_int(environ, WS_MAX_QUEUE_ENV, 32),
             ws_ping_interval=_seconds(environ, WS_PING_INTERVAL_ENV, 20.0, allow_zero=True),
-            ws_ping_timeout=_positive_float(environ, WS_PING_TIMEOUT_ENV, 20.0),
+            ws_ping_timeout=_seconds(environ, WS_PING_TIMEOUT_ENV, 20.0),
             ws_per_message_deflate=_flag(environ, WS_DEFLATE_ENV, False),
             proxy_protocol_peers=ProxyPolicy(_as_list(getattr(cfg, "proxy_allow_ips", ["127.0.0.1"])), {}),
+            request_hooks=request_hooks,
         )
 
 
@@ -112,33 +114,28 @@ def _lifespan_mode(cfg: Any, environ: Mapping[str, str]) -> str:
 
 
 def _seconds(environ: Mapping[str, str], name: str, default: float, allow_zero: bool = False) -> float:
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0 or (value == 0 and not allow_zero):
-        what = "zero (off) or a positive" if allow_zero else "a positive"
-        raise ConfigurationError(f"{name}={raw!r} is not {what} number of seconds; set it to e.g. 10")
-    return value
-
-
-def _positive_float(environ: Mapping[str, str], name: str, default: float) -> float:
-    return _seconds(environ, name, default)
+    what = "zero (off) or a positive" if allow_zero else "a positive"
+    return _number(environ, name, default, float, 0.0 if allow_zero else None,
+                   f"{what} number of seconds; set it to e.g. 10")
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    return _number(environ, name, default, int, None, f"a positive whole number; set it to e.g. {default}")
+
+
+def _number(environ: Mapping[str, str], name: str, default: _N, convert: Callable[[str], _N],
+            also_allowed: Optional[_N], want: str) -> _N:
+    """The number in variable ``name`` (``default`` when unset or empty): positive, or equal to
+    ``also_allowed``; ConfigurationError saying what to set otherwise."""
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw)
+        value = convert(raw)
     except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigurationError(f"{name}={raw!r} is not a positive whole number; set it to e.g. {default}")
+        raise ConfigurationError(f"{name}={raw!r} is not {want}") from None
+    if not (value > 0 or value == also_allowed):
+        raise ConfigurationError(f"{name}={raw!r} is not {want}")
     return value
 
 

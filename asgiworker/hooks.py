@@ -30,7 +30,7 @@ class RequestShim:
 class RequestHooks:
     """Calls the configured hooks; a hook that raises is logged, never fatal to the request."""
 
-    def __init__(self, worker: Any, pre: Optional[Callable], post: Optional[Callable], log: Any) -> None:
+    def __init__(self, worker: Any, pre: Optional[Callable[..., Any]], post: Optional[Callable[..., Any]], log: Any) -> None:
         self.worker = worker
         self.pre = pre
         self.post = post

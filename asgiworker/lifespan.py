@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Dict, Optional
 
-MODES = ("auto", "on", "off")
-
 
 class LifespanFailed(Exception):
     """Startup failed: the worker must not serve."""
@@ -24,9 +22,9 @@ class Lifespan:
         self.state: Dict[str, Any] = {}
         self.supported = False
         self._inbox: "asyncio.Queue[Dict[str, Any]]" = asyncio.Queue()
-        self._startup_done: Optional[asyncio.Future] = None
-        self._shutdown_done: Optional[asyncio.Future] = None
-        self._task: Optional[asyncio.Task] = None
+        self._startup_done: Optional[asyncio.Future[Any]] = None
+        self._shutdown_done: Optional[asyncio.Future[Any]] = None
+        self._task: Optional[asyncio.Task[Any]] = None
 
     async def startup(self) -> None:
         """Run the app's startup; raise ``LifespanFailed`` if the worker must not serve."""
@@ -51,7 +49,7 @@ class Lifespan:
         self.log.info("ASGI lifespan not supported by the application (%s); serving without it", detail)
 
     @property
-    def task(self) -> Optional[asyncio.Task]:
+    def task(self) -> Optional[asyncio.Task[Any]]:
         return self._task
 
     async def shutdown(self, timeout: float, heartbeat: Callable[[], None] = lambda: None) -> None:
@@ -110,6 +108,6 @@ class Lifespan:
             raise RuntimeError(f"Unexpected ASGI lifespan message type {kind!r}")
 
 
-def _resolve(future: Optional[asyncio.Future], value: Any) -> None:
+def _resolve(future: Optional[asyncio.Future[Any]], value: Any) -> None:
     if future is not None and not future.done():
         future.set_result(value)

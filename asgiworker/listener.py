@@ -30,6 +30,7 @@ class Listener:
         self.sock = sock
         self.protocol_factory = protocol_factory
         self._proto = sock.proto
+        self._family, self._type = int(sock.family), int(sock.type)
         # The accepted sockets' class: `family` and `type` as plain ints. The standard socket
         # turns them into enums on every read, and the loop reads them for every connection.
         self._socket_class = type("AcceptedSocket", (socket.socket,),
@@ -61,7 +62,9 @@ class Listener:
     def _accept_waiting(self) -> None:
         for _ in range(MAX_ACCEPTS_PER_WAKEUP):
             try:
-                fd, peer = self.sock._accept()
+                # socket._accept() (CPython's own, under accept() since 3.3): the bare descriptor,
+                # without the socket object accept() would build and we would throw away.
+                fd, peer = self.sock._accept()  # type: ignore[attr-defined]  # not in typeshed
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -74,8 +77,7 @@ class Listener:
                     self.loop.call_later(0.5, self._resume)
                     return
                 raise
-            new_socket = self._socket_class
-            self._adopt(new_socket(new_socket.family, new_socket.type, self._proto, fd), peer)
+            self._adopt(self._socket_class(self._family, self._type, self._proto, fd), peer)
 
     def _resume(self) -> None:
         if not self._reading:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
-from http import HTTPStatus
 from typing import Any, Deque, Dict, List, Optional
 
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -21,13 +20,9 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from asgiworker.errors import ClientDisconnected
-
-
-
-def _simple_response(status: int, body: bytes, extra: bytes = b"") -> bytes:
-    phrase = HTTPStatus(status).phrase.encode("ascii")
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n%s\r\n%s" % (status, phrase, len(body), extra, body))
+from asgiworker.wire.flow import FlowControl
+from asgiworker.wire.headers import check_headers, response_pairs
+from asgiworker.wire.lines import error_response, length_line, status_line
 
 
 class WebSocketSession(asyncio.Protocol):
@@ -46,10 +41,8 @@ class WebSocketSession(asyncio.Protocol):
         self._raw_request = raw_request
         self._handshake: Any = None
         self._inbox: Deque[Dict[str, Any]] = deque()
-        self._waiter: Optional[asyncio.Future] = None
-        self._reading_paused = False
-        self._writing_paused = False
-        self._drain_waiter: Optional[asyncio.Future] = None
+        self._waiter: Optional[asyncio.Future[Any]] = None
+        self.flow: FlowControl = None  # type: ignore[assignment]  # set in start()
         self._fragments: List[bytes] = []
         self._fragment_size = 0
         self._fragment_text = False
@@ -63,28 +56,28 @@ class WebSocketSession(asyncio.Protocol):
         self._close_reason = ""
         self._ping_sent_at: Optional[float] = None
         self._last_ping = self.loop.time()
-        self.task: Optional[asyncio.Task] = None
+        self.task: Optional[asyncio.Task[Any]] = None
 
     # -- takeover from the HTTP connection ----------------------------------------------------
 
     def start(self, transport: Any, leftover: bytes) -> None:
         self.transport = transport
+        self.flow = FlowControl(transport, self.loop)
         transport.set_protocol(self)
         self.state.connections.add(self)
         version = _header(self.scope["headers"], b"sec-websocket-version")
         if version != b"13":
-            self._respond_and_close(_simple_response(426, b"Unsupported WebSocket version\n",
-                                                     b"sec-websocket-version: 13\r\n"))
+            self._respond_and_close(self._error(426, "Unsupported WebSocket version", b"sec-websocket-version: 13\r\n"))
             return
         self.protocol.receive_data(self._raw_request)
         events = self.protocol.events_received()
         request = events[0] if events and isinstance(events[0], Request) else None
         if request is None:
-            self._respond_and_close(_simple_response(400, b"Invalid WebSocket handshake\n"))
+            self._respond_and_close(self._error(400, "Invalid WebSocket handshake"))
             return
         response = self.protocol.accept(request)
         if response.status_code != 101:
-            self._respond_and_close(_simple_response(response.status_code, response.body))
+            self._respond_and_close(self._error(response.status_code, bytes(response.body).decode("utf-8", "replace").rstrip("\n")))
             return
         self._handshake = response
         self._enqueue({"type": "websocket.connect"})
@@ -132,9 +125,8 @@ class WebSocketSession(asyncio.Protocol):
                 self._enqueue({"type": "websocket.receive", "text": text})
             else:
                 self._enqueue({"type": "websocket.receive", "bytes": bytes(payload)})
-            if len(self._inbox) >= self.settings.ws_max_queue and not self._reading_paused:
-                self._reading_paused = True
-                self.transport.pause_reading()
+            if len(self._inbox) >= self.settings.ws_max_queue:
+                self.flow.pause_reading()
         elif opcode is Opcode.PONG:
             self._ping_sent_at = None
         elif opcode is Opcode.CLOSE:
@@ -144,18 +136,14 @@ class WebSocketSession(asyncio.Protocol):
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.state.connections.discard(self)
         self._set_close(self._close_code or 1006, self._close_reason)
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self.flow is not None:
+            self.flow.connection_lost()
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.flow.resume_writing()
 
     # -- the ASGI application -----------------------------------------------------------------
 
@@ -185,7 +173,7 @@ class WebSocketSession(asyncio.Protocol):
             return
         if not self._accepted:
             if not self._responded:
-                self._respond_and_close(_simple_response(500, b"Internal Server Error\n"))
+                self._respond_and_close(self._error(500, "Internal Server Error"))
             return
         if self.protocol.state is State.OPEN:
             self.protocol.send_close(1000 if normal or self._close_code is not None else 1011)
@@ -203,9 +191,8 @@ class WebSocketSession(asyncio.Protocol):
             finally:
                 self._waiter = None
         message = self._inbox.popleft()
-        if self._reading_paused and len(self._inbox) <= self.settings.ws_max_queue // 2 and not self._disconnected:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        if self.flow.reading_paused and len(self._inbox) <= self.settings.ws_max_queue // 2 and not self._disconnected:
+            self.flow.resume_reading()
         return message
 
     async def send(self, message: Dict[str, Any]) -> None:
@@ -217,7 +204,7 @@ class WebSocketSession(asyncio.Protocol):
                 self._accept(message)
             elif kind == "websocket.close":
                 # Closing before accepting refuses the handshake (ASGI: HTTP 403).
-                self._respond_and_close(_simple_response(403, b"Forbidden\n"))
+                self._respond_and_close(self._error(403, "Forbidden"))
             elif kind == "websocket.http.response.start":
                 self._denial_status = int(message["status"])
                 self._denial_headers = message.get("headers", ())
@@ -242,8 +229,8 @@ class WebSocketSession(asyncio.Protocol):
                     raise RuntimeError("'websocket.send' needs 'bytes' or 'text'")
                 protocol.send_text(text.encode("utf-8"))
             self._flush()
-            if self._writing_paused:
-                await self._drain()
+            if self.flow.writing_paused:
+                await self.flow.drain()
         elif kind == "websocket.close":
             code = message.get("code", 1000) or 1000
             self._close_code = code
@@ -261,11 +248,8 @@ class WebSocketSession(asyncio.Protocol):
             if subprotocol not in self.scope["subprotocols"]:
                 raise RuntimeError(f"Subprotocol {subprotocol!r} was not offered by the client")
             response.headers["Sec-WebSocket-Protocol"] = subprotocol
-        for name, value in message.get("headers", ()):
-            name_s, value_s = bytes(name).decode("latin-1"), bytes(value).decode("latin-1")
-            if any(c in name_s + value_s for c in "\r\n\0"):
-                raise RuntimeError(f"Invalid WebSocket accept header {name!r}: {value!r}")
-            response.headers[name_s] = value_s
+        for name, value in response_pairs(message.get("headers", ())):
+            response.headers[name.decode("latin-1")] = value.decode("latin-1")
         self.protocol.send_response(response)
         self._accepted = True
         self._flush()
@@ -276,15 +260,14 @@ class WebSocketSession(asyncio.Protocol):
 
     def _send_denial(self) -> None:
         body = b"".join(self._denial_body)
-        lines = [b"HTTP/1.1 %d %s\r\n" % (self._denial_status, _phrase(self._denial_status))]
-        for name, value in self._denial_headers:
-            if bytes(name).lower() in (b"content-length", b"connection", b"transfer-encoding"):
-                continue
-            if any(c in bytes(name) + bytes(value) for c in b"\r\n\0"):
-                raise RuntimeError(f"Invalid denial response header {name!r}: {value!r}")
-            lines.append(bytes(name) + b": " + bytes(value) + b"\r\n")
-        lines.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
-        self._respond_and_close(b"".join(lines) + body)
+        status = self._denial_status or 403
+        block = check_headers(self._denial_headers)  # (framing headers are ours: dropped)
+        self._respond_and_close(b"".join((status_line(status), block[0], length_line(len(body)),
+                                          b"connection: close\r\n", self.state.default_headers, b"\r\n", body)))
+
+    def _error(self, status: int, text: str, extra_headers: bytes = b"") -> bytes:
+        """The server's own answer to a handshake it refuses (the same as HTTP's)."""
+        return error_response(status, text, self.state.default_headers, extra_headers)
 
     # -- writing and closing ------------------------------------------------------------------
 
@@ -297,12 +280,6 @@ class WebSocketSession(asyncio.Protocol):
                 # The library's end-of-stream: the close handshake is done (or failed), and the
                 # server is the side that closes TCP first.
                 transport.close()
-
-    async def _drain(self) -> None:
-        if self._disconnected:
-            return
-        self._drain_waiter = self.loop.create_future()
-        await self._drain_waiter
 
     def _respond_and_close(self, data: bytes) -> None:
         self._responded = True
@@ -373,13 +350,6 @@ def _header(headers: List[List[bytes]], name: bytes) -> Optional[bytes]:
         if key == name:
             return value
     return None
-
-
-def _phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
 
 
 def is_websocket_upgrade(upgrade: Optional[bytes]) -> bool:

@@ -21,12 +21,10 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers import base
 
 from asgiworker import adapters, hooks
-from asgiworker.adapters.consumer import reap_abandoned
 from asgiworker.config import ConfigurationError, Settings
 from asgiworker.http import HttpConnection, ServerState
 from asgiworker.lifespan import Lifespan, LifespanFailed
 from asgiworker.listener import Listener
-
 
 # Gunicorn's parser leniencies: our contract (docs/http.md) refuses these requests whatever the
 # setting, since each leniency is a request-smuggling risk.
@@ -39,7 +37,7 @@ _LENIENCIES_NOT_HONOURED = {
 }
 
 
-class ASGIWorker(base.Worker):
+class ASGIWorker(base.Worker):  # type: ignore[misc]  # Gunicorn ships no type information
     """``gunicorn --worker-class asgiworker.ASGIWorker``"""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -83,8 +81,7 @@ class ASGIWorker(base.Worker):
             if getattr(self.cfg, "protocol", "http") != "http":
                 raise ConfigurationError(f"asgiworker serves HTTP only, not --protocol {self.cfg.protocol}: "
                                          "remove the option or use another worker class")
-            self.settings = Settings.from_gunicorn(self.cfg)
-            self.settings.request_hooks = hooks.from_gunicorn(self, self.cfg, self.log)
+            self.settings = Settings.from_gunicorn(self.cfg, request_hooks=hooks.from_gunicorn(self, self.cfg, self.log))
             try:
                 self.wsgi = self.app.wsgi()
             except SyntaxError as exc:
@@ -212,7 +209,7 @@ class ASGIWorker(base.Worker):
         while self.alive:
             self.notify()
             self.state.tick()
-            reap_abandoned()
+            adapters.tick(self.asgi)
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 break

@@ -44,7 +44,6 @@ BASELINE = "uvicorn-worker"
 sys.path.insert(0, str(HERE))
 import apps  # noqa: E402  (the same module the servers load: expected bodies come from it)
 
-
 # -- workloads ---------------------------------------------------------------------------------
 
 @dataclass
@@ -549,7 +548,7 @@ def summarize(runs: List[dict], workloads: List[Workload], servers: List[str]) -
             mine = [r for r in runs if r["workload"] == w.name and r["server"] == s]
             if not mine:
                 continue
-            med = lambda key: statistics.median(r[key] for r in mine if r[key] is not None)  # noqa: E731
+            med = lambda key, mine=mine: statistics.median(r[key] for r in mine if r[key] is not None)  # noqa: E731
             common = {
                 "socket_errors": sum(r["socket_errors"] for r in mine),
                 "non_2xx": sum(r["non_2xx"] for r in mine),

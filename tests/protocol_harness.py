@@ -106,7 +106,7 @@ class Harness:
         """Nothing left to do: no task runs on the loop but the caller (each request is a task,
         and a waiting pipelined request is started by the one before it)."""
         conn = self.conn
-        if not conn._closed and (conn._active is not None or conn._pipeline or conn._held is not None):
+        if not conn.closed and (conn._active is not None or conn._pipeline or conn._held is not None):
             return False  # a request is queued or answered (with eager tasks it may hold no task)
         current = asyncio.current_task(self.loop)
         return not any(t is not current and not t.done() for t in asyncio.all_tasks(self.loop))

@@ -92,7 +92,7 @@ class Browser:
             url = found.get(timeout=60)
         except queue.Empty:
             self.close()
-            raise RuntimeError("Chromium did not start its DevTools server:\n" + "".join(self.stderr[-50:]))
+            raise RuntimeError("Chromium did not start its DevTools server:\n" + "".join(self.stderr[-50:])) from None
         assert url.startswith("ws://127.0.0.1:"), url
         self.ws = connect(url, max_size=None, proxy=None, ping_interval=None, open_timeout=10).__enter__()
         self._next_id = 0

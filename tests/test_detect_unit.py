@@ -15,7 +15,6 @@ from asgiworker import adapters
 from asgiworker.adapters import AppKindError, detect_kind, load
 from asgiworker.adapters.consumer import ConsumerAdapter
 
-
 # -- shapes ---------------------------------------------------------------------------------------
 
 

@@ -167,9 +167,9 @@ def test_request_header_names_lowered_and_underscores_dropped_every_time(loop):
 
 
 def test_header_block_cache_stays_bounded(loop, monkeypatch):
-    from asgiworker import http
+    from asgiworker.wire.headers import HEAD_BLOCKS
 
-    monkeypatch.setattr(http, "_HEAD_BLOCKS_MAX", 8)
+    monkeypatch.setattr(HEAD_BLOCKS, "limit", 8)
     count = [0]
 
     async def app(scope, receive, send):
@@ -179,4 +179,4 @@ def test_header_block_cache_stays_bounded(loop, monkeypatch):
 
     responses, _ = serve(loop, app, GET * 30)
     assert [r.get(b"x-n") for r in responses] == [b"%d" % i for i in range(1, 31)]
-    assert len(http._HEAD_BLOCKS) <= 8
+    assert len(HEAD_BLOCKS) <= 8

@@ -12,9 +12,15 @@ from typing import List
 import pytest
 
 from tests.apps.drop_in_apps import (
+    RECORD_ENV,
+    SHUTDOWN_DELAY_ENV,
+    STARTUP_DELAY_ENV,
+    HttpResponse,
+    http_request,
     names,
-    RECORD_ENV, SHUTDOWN_DELAY_ENV, STARTUP_DELAY_ENV, HttpResponse, http_request, read_events,
-    read_response, request_bytes,
+    read_events,
+    read_response,
+    request_bytes,
 )
 from tests.conftest import GunicornServer, wait_for
 

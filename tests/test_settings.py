@@ -19,9 +19,14 @@ from typing import Dict, List
 import pytest
 
 from tests.apps.drop_in_apps import (
-    LOGGER_RECORD_ENV, CleanClose, http_request, read_events, read_response, request_bytes,
+    LOGGER_RECORD_ENV,
+    CleanClose,
+    http_request,
+    read_events,
+    read_response,
+    request_bytes,
 )
-from tests.conftest import _HAS_CONTROL_SOCKET, GunicornServer, ROOT, wait_for
+from tests.conftest import _HAS_CONTROL_SOCKET, ROOT, GunicornServer, wait_for
 
 APP = "tests.apps.drop_in_apps:lifespan_app"
 
@@ -54,7 +59,7 @@ def access_server(tmp_path_factory):
 
 
 def access_line(access_log: Path, marker: str) -> Dict[str, str]:
-    line = wait_for(lambda: next((l for l in read_text(access_log).splitlines() if marker in l), None), 5)
+    line = wait_for(lambda: next((entry for entry in read_text(access_log).splitlines() if marker in entry), None), 5)
     assert line, "no access log line for %s in:\n%s" % (marker, read_text(access_log))
     return dict(field.split("=", 1) for field in line.split("|"))
 
@@ -154,7 +159,7 @@ def test_no_access_log_without_accesslog(misc_server):
 
 def test_threads_get_a_warning_naming_worker_connections(misc_server):
     log = misc_server[0].log()
-    warning = [l for l in log.splitlines() if "--threads" in l and "[WARNING]" in l]
+    warning = [line for line in log.splitlines() if "--threads" in line and "[WARNING]" in line]
     assert warning and "worker-connections" in warning[0].replace("_", "-"), log[-3000:]
 
 
@@ -304,7 +309,7 @@ def test_inherited_listening_socket(systemd):
         assert info["client"][0] == "127.0.0.1"
         assert info["pid"] in server.worker_pids()
         # Gunicorn listens on the inherited socket only (with systemd, instead of its default bind).
-        listening = [l for l in server.log().splitlines() if "Listening at:" in l]
+        listening = [line for line in server.log().splitlines() if "Listening at:" in line]
         assert len(listening) == 1 and "Listening at: http://127.0.0.1:%d " % server.port in listening[0], listening
         server.signal(signal.SIGTERM)
         assert server.wait_exit(10) == 0

@@ -15,8 +15,14 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from tests.apps.drop_in_apps import (
+    RECORD_ENV,
+    CleanClose,
+    HttpResponse,
+    http_request,
     names,
-    RECORD_ENV, CleanClose, HttpResponse, http_request, read_events, read_response, reloadable_source,
+    read_events,
+    read_response,
+    reloadable_source,
     request_bytes,
 )
 from tests.conftest import GunicornServer, wait_for
@@ -369,7 +375,7 @@ def test_rolling_reloads_under_load_lose_no_request(gunicorn, tmp_path):
             server.signal(signal.SIGHUP)
             # One reload at a time: a master still busy with the previous one may fold a second
             # SIGHUP into it, and then three signals make fewer than three reloads.
-            wait_for(lambda: server.log().count("Hang up") >= n, 10)
+            wait_for(lambda n=n: server.log().count("Hang up") >= n, 10)
         time.sleep(1.5)
 
     stats = run_load(server, rec, 0, during=hup_three_times)

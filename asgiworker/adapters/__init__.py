@@ -8,7 +8,7 @@ is forced, in code with the wrappers below or in deployment with ``ASGIWORKER_AP
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Dict
 
 from asgiworker.adapters.asgi2 import asgi2_to_asgi3
 from asgiworker.adapters.consumer import ChannelLayer, ConsumerAdapter, ReplyChannel, ResponseAlreadySent
@@ -16,7 +16,7 @@ from asgiworker.adapters.detect import KINDS, AppKindError, ForcedKind, detect_k
 
 __all__ = [
     "AppKindError", "ChannelLayer", "ReplyChannel", "ResponseAlreadySent", "KINDS",
-    "asgi2", "asgi3", "consumer", "detect_kind", "error_app", "load",
+    "asgi2", "asgi3", "consumer", "detect_kind", "error_app", "load", "tick",
 ]
 
 
@@ -51,7 +51,7 @@ def load(app: Any, kind: str = "auto", loop: Any = None) -> Callable[..., Any]:
             f"Unknown application kind {kind!r}: set ASGIWORKER_APP_KIND to one of auto, {', '.join(KINDS)}"
         )
     if kind == "asgi3":
-        return app
+        return app  # type: ignore[no-any-return]  # any callable: its kind was decided above
     if kind == "asgi2":
         return asgi2_to_asgi3(app)
     return ConsumerAdapter(app, loop)
@@ -61,7 +61,7 @@ def error_app(text: str) -> Callable[..., Any]:
     """An ASGI 3 app answering every request with 500 and ``text`` (used while code is broken)."""
     body = text.encode("utf-8", "replace")
 
-    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+    async def app(scope: Dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
             raise RuntimeError("the application failed to load")
         await send({"type": "http.response.start", "status": 500,
@@ -69,3 +69,10 @@ def error_app(text: str) -> Callable[..., Any]:
         await send({"type": "http.response.body", "body": body})
 
     return app
+
+
+def tick(app: Callable[..., Any]) -> None:
+    """Once a second, from the server: the periodic work of the adapter behind ``app`` (a
+    consumer's abandoned requests are looked for), if it has any."""
+    if isinstance(app, ConsumerAdapter):
+        app.reap_abandoned()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Dict
 
 
 def asgi2_to_asgi3(app: Callable[..., Any]) -> Callable[..., Any]:
-    async def asgi3(scope: dict, receive: Callable, send: Callable) -> None:
+    async def asgi3(scope: Dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         instance = app(scope)
         await instance(receive, send)
 

@@ -16,9 +16,9 @@ import asyncio
 import gc
 import threading
 import time
-from threading import get_ident
 from collections import deque
 from inspect import isawaitable
+from threading import get_ident
 from typing import Any, Callable, Deque, Dict, Optional
 
 # An ASGI extension of asgiworker's HTTP layer (named here too: adapters do not import it).
@@ -32,25 +32,6 @@ LATER_REPLY_KEYS = frozenset(("content", "more_content"))
 # the same moment. One lock for all channels: it is held for microseconds, rarely contended, and
 # saves allocating one per request.
 _REPLY_LOCK = threading.Lock()
-
-# Requests whose consumer has returned and whose reply is still awaited (see reap_abandoned).
-_waiting: "set[_Outbox]" = set()
-
-
-def reap_abandoned() -> None:
-    """Called once a second by the worker. A message dropped inside a reference cycle is only
-    freed by the cyclic garbage collector: when a reply has been awaited for 1, 2, 4, 8... seconds,
-    run it once, so that such a client gets its 500 promptly without a collection per request."""
-    now = time.monotonic()
-    due = False
-    for outbox in _waiting:
-        if now >= outbox.next_gc:
-            due = True
-            outbox.gc_interval *= 2
-            outbox.next_gc = now + outbox.gc_interval
-    if due:
-        gc.collect()
-
 
 class ResponseAlreadySent(RuntimeError):
     """``reply_channel.send()`` after the reply that ended the response."""
@@ -80,16 +61,19 @@ class _Outbox:
     """Replies on their way from the consumer (any thread) to the request's task (the loop)."""
 
     __slots__ = ("loop", "thread_id", "queue", "waiter", "started", "finished", "failure",
-                 "abandoned", "disconnect", "next_gc", "gc_interval", "whole")
+                 "abandoned", "disconnect", "next_gc", "gc_interval", "whole", "reaped")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, whole: bool = False) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, whole: bool = False,
+                 reaped: "Optional[set[_Outbox]]" = None) -> None:
         self.loop = loop
+        # Where the outbox waits to be checked for abandonment (ConsumerAdapter.reap_abandoned).
+        self.reaped = reaped
         # The server takes a whole response in one message (the RESPONSE_COMPLETE extension):
         # a reply that is the whole response is queued as that one message.
         self.whole = whole
         self.thread_id = threading.get_ident()
         self.queue: Deque[Dict[str, Any]] = deque()
-        self.waiter: Optional[asyncio.Future] = None
+        self.waiter: Optional[asyncio.Future[Any]] = None
         self.started = False
         self.finished = False
         self.failure: Optional[str] = None
@@ -112,7 +96,7 @@ class _Outbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def send_queued(self, send: Callable) -> None:
+    async def send_queued(self, send: Callable[..., Any]) -> None:
         """Hand every queued reply to the ASGI ``send``, in order; remember a disconnect, so
         that the consumer's next ``send()`` raises it too."""
         queue = self.queue
@@ -123,10 +107,11 @@ class _Outbox:
                 self.disconnect = exc
                 raise
 
-    async def wait(self, reap: bool = True) -> None:
-        if reap and self not in _waiting:
+    async def wait(self) -> None:
+        reaped = self.reaped
+        if reaped is not None and self not in reaped:
             self.next_gc = time.monotonic() + self.gc_interval
-            _waiting.add(self)
+            reaped.add(self)
         self.waiter = self.loop.create_future()
         # Re-check after arming the waiter: another thread may have replied just before.
         if not (self.queue or self.finished or self.abandoned):
@@ -234,6 +219,23 @@ class ConsumerAdapter:
         # running loop costs a getpid() system call on every request.
         self._fixed_layer = ChannelLayer(loop) if loop is not None else None
         self._layer: Optional[ChannelLayer] = None
+        # Requests whose consumer has returned and whose reply is still awaited.
+        self._waiting: "set[_Outbox]" = set()
+
+    def reap_abandoned(self) -> None:
+        """Once a second, from the worker (adapters.tick). A message dropped inside a reference
+        cycle is only freed by the cyclic garbage collector: when a reply has been awaited for 1,
+        2, 4, 8... seconds, run it once, so that such a client gets its 500 promptly without a
+        collection per request."""
+        now = time.monotonic()
+        due = False
+        for outbox in self._waiting:
+            if now >= outbox.next_gc:
+                due = True
+                outbox.gc_interval *= 2
+                outbox.next_gc = now + outbox.gc_interval
+        if due:
+            gc.collect()
 
     def __repr__(self) -> str:
         return f"<ConsumerAdapter {self.consumer!r}>"
@@ -247,7 +249,7 @@ class ConsumerAdapter:
             layer = self._layer = ChannelLayer(loop)
         return layer
 
-    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "websocket":
             await self._serve_websocket(scope, receive, send)
             return
@@ -263,7 +265,7 @@ class ConsumerAdapter:
             if body is None:
                 return
         layer = self._channel_layer()
-        outbox = _Outbox(layer.loop, RESPONSE_COMPLETE in (scope.get("extensions") or ()))
+        outbox = _Outbox(layer.loop, RESPONSE_COMPLETE in (scope.get("extensions") or ()), self._waiting)
         message = {
             "type": "http.request",
             "reply_channel": ReplyChannel(outbox),
@@ -303,11 +305,11 @@ class ConsumerAdapter:
         try:
             await self._forward(outbox, send, wait=error is None)
         finally:
-            _waiting.discard(outbox)
+            self._waiting.discard(outbox)
         if error is not None:
             raise error
 
-    async def _forward(self, outbox: _Outbox, send: Callable, wait: bool) -> None:
+    async def _forward(self, outbox: _Outbox, send: Callable[..., Any], wait: bool) -> None:
         queue = outbox.queue
         while True:
             finished = outbox.finished
@@ -329,7 +331,7 @@ class ConsumerAdapter:
 
     # -- WebSocket ----------------------------------------------------------------------------
 
-    async def _serve_websocket(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    async def _serve_websocket(self, scope: Dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         """One consumer call per event (connect, each message, disconnect), all sharing one reply
         channel whose replies a forwarding task sends in order."""
         layer = self._channel_layer()
@@ -378,7 +380,7 @@ class ConsumerAdapter:
                 forwarder.cancel()
 
     @staticmethod
-    async def _forward_websocket(outbox: _Outbox, send: Callable) -> None:
+    async def _forward_websocket(outbox: _Outbox, send: Callable[..., Any]) -> None:
         while True:
             finished = outbox.finished
             try:
@@ -387,7 +389,7 @@ class ConsumerAdapter:
                 return
             if finished or outbox.disconnect is not None:
                 return
-            await outbox.wait(reap=False)
+            await outbox.wait()
 
 
 class WebSocketReplyChannel:
@@ -459,7 +461,7 @@ def _websocket_to_asgi(message: Any) -> "list[Dict[str, Any]]":
     return out
 
 
-async def _read_rest_of_body(body: bytes, receive: Callable) -> Optional[bytes]:
+async def _read_rest_of_body(body: bytes, receive: Callable[..., Any]) -> Optional[bytes]:
     chunks = [body]
     while True:
         message = await receive()

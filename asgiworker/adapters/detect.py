@@ -60,7 +60,8 @@ def is_async_callable(obj: Any) -> bool:
         obj = obj.func
     if inspect.iscoroutinefunction(obj):
         return True
-    call = getattr(type(obj), "__call__", None) if not inspect.isroutine(obj) else None
+    # The class's own __call__ (not callable(): whether it is a coroutine function is the question).
+    call = getattr(type(obj), "__call__", None) if not inspect.isroutine(obj) else None  # noqa: B004
     return call is not None and inspect.iscoroutinefunction(call)
 
 
