@@ -16,7 +16,7 @@ import httptools
 
 from asgiworker.http.cycle import COMPLETE, RequestCycle
 from asgiworker.websocket import WebSocketSession, build_raw_request, is_websocket_upgrade, websocket_scope
-from asgiworker.wire.grammar import HOST, OWS, SPECIAL_HEADERS, TOKEN_BYTES
+from asgiworker.wire.grammar import HOST, OWS, TOKEN_BYTES
 from asgiworker.wire.memo import BoundedMemo
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.5"}
@@ -60,20 +60,20 @@ class RequestReader:
     _root_path: str
     _extensions: Dict[str, Any]
 
-    def _init_reader(self) -> None:
-        # The request whose head or body is arriving now.
-        self._url = b""
-        self._headers: List[List[bytes]] = []
-        self._hosts = 0
-        self._transfer_encoding = False
-        self._expect_100 = False
-        self._special: "frozenset[bytes]" = SPECIAL_HEADERS  # (more behind a trusted proxy)
-        self._upgrade: Optional[bytes] = None
-        self._forwarded: Optional[List[Tuple[bytes, bytes]]] = None
-        self._parsing: Optional[RequestCycle] = None
-        self._websocket: Optional[WebSocketSession] = None
-        # When the head under way began (for the header timeout); None between requests.
-        self._head_started: Optional[float] = None
+    # The state of the request whose head or body is arriving now. Class-level starting values
+    # (all immutable): a connection pays for none of them until it reads a request.
+    _url = b""
+    _headers: List[List[bytes]] = []  # (never appended to: on_message_begin sets a fresh list)
+    _hosts = 0
+    _transfer_encoding = False
+    _expect_100 = False
+    _special: "frozenset[bytes]"  # the headers looked at (set per connection)
+    _upgrade: Optional[bytes] = None
+    _forwarded: Optional[List[Tuple[bytes, bytes]]]  # a trusted proxy's headers (per connection)
+    _parsing: Optional[RequestCycle] = None
+    _websocket: Optional[WebSocketSession] = None
+    # When the head under way began (for the header timeout); None between requests.
+    _head_started: Optional[float] = None
 
     def _queue_request(self, cycle: RequestCycle) -> None:
         raise NotImplementedError  # HttpConnection's

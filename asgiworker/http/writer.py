@@ -82,7 +82,8 @@ class OutputBuffer:
 
     def close(self) -> None:
         """No more writes: what was gathered goes out first (the app sent it)."""
-        self.flush()
+        if self._parts:
+            self.flush()
         self.closed = True
 
     def discard(self) -> None:

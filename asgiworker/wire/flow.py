@@ -56,7 +56,8 @@ class FlowControl:
 
     def connection_lost(self) -> None:
         self.closed = True
-        self._wake_drain()
+        if self._drain_waiter is not None:
+            self._wake_drain()
 
     def _wake_drain(self) -> None:
         waiter = self._drain_waiter

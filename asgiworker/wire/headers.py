@@ -15,7 +15,6 @@ from typing import Any, List, Optional, Tuple
 from asgiworker.wire.grammar import TOKEN
 from asgiworker.wire.memo import BoundedMemo
 
-
 # (the app's header lines, each ending in CRLF; the app's Content-Length, to be written by us;
 # whether the app sent `connection: close`). A plain tuple: unpacked on every response, and
 # CPython unpacks exact tuples in its fast path.
