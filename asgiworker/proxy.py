@@ -10,16 +10,18 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from asgiworker.wire.memo import BoundedMemo
+
 FORWARDED_FOR = b"x-forwarded-for"
 FORWARDED_PROTO = b"x-forwarded-proto"
-_MAX_VERDICTS = 4096
 
 
 class ProxyPolicy:
     def __init__(self, allow: Iterable[str], secure_scheme_headers: Dict[str, str]) -> None:
         allow = [a.strip() for a in allow if a and a.strip()]
         self.any = "*" in allow
-        self._verdicts: Dict[str, bool] = {}
+        # Verdicts by peer address (X-Forwarded-For hops are the client's to choose: bounded).
+        self._verdicts = BoundedMemo(4096)
         self.networks = []
         for entry in allow:
             if entry == "*":
@@ -54,10 +56,8 @@ class ProxyPolicy:
                 verdict = False
             else:
                 verdict = any(address in network for network in self.networks)
-            if len(self._verdicts) >= _MAX_VERDICTS:
-                self._verdicts.clear()  # X-Forwarded-For hops are the client's to choose: bounded
-            self._verdicts[host] = verdict
-        return verdict
+            self._verdicts.remember(host, verdict)
+        return bool(verdict)
 
     def apply(self, found: List[Tuple[bytes, bytes]], client: Any, scheme: str) -> "tuple[Any, str]":
         """The (client, scheme) a trusted proxy's headers say."""

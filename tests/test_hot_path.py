@@ -17,9 +17,9 @@ import uvloop
 
 from asgiworker import proxy
 from asgiworker.proxy import ProxyPolicy
-from tests.apps.conformance_apps import connect, parse_all, read_response
 from tests.conftest import GunicornServer, free_port
 from tests.protocol_harness import Harness
+from tests.wire import connect, parse_all, read_response
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -116,7 +116,7 @@ def test_proxy_verdicts_are_cached_and_bounded(monkeypatch):
     for _ in range(2):
         assert policy.trusts("127.0.0.1") and policy.trusts("10.1.2.3")
         assert not policy.trusts("192.168.0.1") and not policy.trusts("not an address")
-    monkeypatch.setattr(proxy, "_MAX_VERDICTS", 16)
+    monkeypatch.setattr(policy._verdicts, "limit", 16)
     for i in range(100):
         assert policy.trusts(f"10.0.0.{i}") and not policy.trusts(f"11.0.0.{i}")
     assert len(policy._verdicts) <= 16

@@ -10,8 +10,8 @@ import re
 
 # tchar (RFC 9110 5.6.2): the characters of a token, as a regex class body.
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
-TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 TOKEN = re.compile(rb"[" + _TCHAR + rb"]+")
+TOKEN_BYTES = frozenset(byte for byte in range(256) if TOKEN.fullmatch(bytes((byte,))))
 # uri-host [ ":" port ]: an IP literal or a reg-name (RFC 3986), nothing else.
 HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?")
 # What a request line can look like before its CRLF has arrived: a token, then printable ASCII.
