@@ -15,7 +15,6 @@ import json
 import pytest
 import uvloop
 
-from asgiworker import proxy
 from asgiworker.proxy import ProxyPolicy
 from tests.conftest import GunicornServer, free_port
 from tests.protocol_harness import Harness
