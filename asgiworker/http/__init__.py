@@ -13,9 +13,9 @@ What HTTP and WebSocket share (header checks, error responses, flow control) is 
 """
 
 from asgiworker.errors import ClientDisconnected
-from asgiworker.http.connection import HTTP_EXTENSIONS, MAX_PIPELINED, HttpConnection
+from asgiworker.http.connection import HTTP_EXTENSIONS, HttpConnection
 from asgiworker.http.cycle import RESPONSE_COMPLETE, RequestCycle
-from asgiworker.http.reader import BODY_HIGH_WATER
+from asgiworker.http.reader import BODY_HIGH_WATER, MAX_PIPELINED
 from asgiworker.http.state import ASGIApp, ServedConnection, ServerState
 from asgiworker.http.writer import FLUSH_SIZE
 from asgiworker.wire.lines import error_response

@@ -28,7 +28,7 @@ import httptools
 
 from asgiworker import proxy_protocol
 from asgiworker.http.cycle import COMPLETE, RESPONSE_COMPLETE, SENDING, RequestCycle
-from asgiworker.http.reader import Reject, RequestReader, failing_message_start
+from asgiworker.http.reader import MAX_PIPELINED, Reject, RequestReader, failing_message_start
 from asgiworker.http.state import ServerState
 from asgiworker.http.writer import OutputBuffer
 from asgiworker.tls import tls_extension
@@ -36,9 +36,7 @@ from asgiworker.wire.flow import FlowControl
 from asgiworker.wire.grammar import HEAD_END, MIN_REQUEST, REQUEST_LINE_PREFIX, SPECIAL_HEADERS, UNKNOWN_METHOD_LINE
 from asgiworker.wire.lines import error_response
 
-# Requests parsed and waiting behind the one being answered; the body buffered for the app is
-# bounded by reader.BODY_HIGH_WATER, and reading resumes below this level.
-MAX_PIPELINED = 16
+# The body buffered for the app is bounded by reader.BODY_HIGH_WATER; reading resumes below this.
 BODY_LOW_WATER = 64 * 1024
 _SHORT_READ = MAX_PIPELINED * MIN_REQUEST
 # One shared dict, with nothing per request in it.
@@ -323,17 +321,6 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         return buffer[consumed:]
 
     # -- answering in order -------------------------------------------------------------------
-
-    def _queue_request(self, cycle: RequestCycle) -> None:
-        """A head is parsed: the request runs now (once the bytes at hand are parsed) if none is
-        being answered, else it waits its turn."""
-        self._head_started = None
-        if self._active is None:
-            self._active = self._deferred = cycle
-        else:
-            self._pipeline.append(cycle)
-            if len(self._pipeline) >= MAX_PIPELINED:
-                self.flow.pause_reading()
 
     def on_body_consumed(self) -> None:
         """The app took the body buffered so far: read again if that is what held us."""

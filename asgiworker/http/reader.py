@@ -3,7 +3,7 @@ Transfer-Encoding, header names, targets), and the ASGI scope of each request.
 
 ``RequestReader`` is the reading half of ``HttpConnection`` (httptools calls its ``on_*``
 methods as bytes are fed). Each complete head becomes a ``RequestCycle`` handed to the connection
-(``_queue_request``), or a WebSocket session waiting for its turn; body bytes go to the cycle
+(``_active`` or the ``_pipeline`` queue), or a WebSocket session waiting for its turn; body bytes go to the cycle
 whose body is arriving (``_parsing``). A request is refused by raising ``Reject`` from a callback.
 """
 
@@ -22,6 +22,9 @@ from asgiworker.wire.memo import BoundedMemo
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.5"}
 # Request body bytes buffered for the app before we stop reading from the socket.
 BODY_HIGH_WATER = 256 * 1024
+# Requests parsed and waiting behind the one being answered, at most (the connection stops
+# feeding the parser at this many, and reading pauses).
+MAX_PIPELINED = 16
 
 # The method as str, for the methods llhttp knows (it refuses any other: a handful).
 _METHOD_NAMES: Dict[bytes, str] = {}
@@ -52,6 +55,8 @@ class RequestReader:
     scheme: str
     flow: Any
     _pipeline: Any
+    _active: Optional[RequestCycle]
+    _deferred: Optional[RequestCycle]
     _last_activity: float
     _field_size_limit: int
     _fields_limit: int
@@ -74,9 +79,6 @@ class RequestReader:
     _websocket: Optional[WebSocketSession] = None
     # When the head under way began (for the header timeout); None between requests.
     _head_started: Optional[float] = None
-
-    def _queue_request(self, cycle: RequestCycle) -> None:
-        raise NotImplementedError  # HttpConnection's
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -204,7 +206,15 @@ class RequestReader:
             return
         cycle = RequestCycle(self, scope, keep_alive, self._expect_100 and http_version == "1.1")
         self._parsing = cycle
-        self._queue_request(cycle)
+        self._head_started = None
+        # To the connection's queue: the request runs once the bytes at hand are parsed if none
+        # is being answered (HttpConnection._parse starts it), else it waits its turn.
+        if self._active is None:
+            self._active = self._deferred = cycle
+        else:
+            self._pipeline.append(cycle)
+            if len(self._pipeline) >= MAX_PIPELINED:
+                self.flow.pause_reading()
 
     def on_body(self, body: bytes) -> None:
         cycle = self._parsing
