@@ -32,6 +32,7 @@ from asgiworker.http.reader import MAX_PIPELINED, Reject, RequestReader, failing
 from asgiworker.http.state import ServerState
 from asgiworker.http.writer import OutputBuffer
 from asgiworker.tls import tls_extension
+from asgiworker.websocket import WebSocketSession
 from asgiworker.wire.flow import FlowControl
 from asgiworker.wire.grammar import HEAD_END, MIN_REQUEST, REQUEST_LINE_PREFIX, SPECIAL_HEADERS, UNKNOWN_METHOD_LINE
 from asgiworker.wire.lines import error_response
@@ -57,30 +58,9 @@ OPEN, FINISHING, REJECTING, UPGRADING, CLOSED, HANDED_OVER = (int(phase) for pha
 
 
 class HttpConnection(RequestReader, asyncio.Protocol):
-    # Starting values shared at class level (all immutable), so that a new connection stores
-    # only what differs: per-connection set-up is on the path of every `Connection: close` request.
-    # (What is read on every request but rarely written is set per instance in __init__ instead:
-    # CPython reads instance attributes in its fast path, class ones through an instance slowly.)
-    transport: Any = None
-    out: OutputBuffer = None  # type: ignore[assignment]  # set in connection_made
-    flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
-    client: Any = None
-    server: Any = None
-    # A graceful stop began: the response being written says `connection: close`.
-    stopping = False
-    # The request being answered (the others wait in _pipeline, made per connection).
-    _active: Optional[RequestCycle] = None
-    _deferred: Optional[RequestCycle] = None
-    _served = 0
-    # REJECTING: the error response to send, or the bad request line still arriving.
-    _pending_error: Optional[bytes] = None
-    _bad_line: Optional[bytes] = None
-    # The bytes since the parser last stood between two requests (to find where a request with a
-    # bad method starts), and what follows an upgrade request.
-    _since_boundary: Optional[bytes] = None
-    _websocket_leftover = b""
-
     def __init__(self, state: ServerState, peer: Any = None, local: Any = None) -> None:
+        # (Every attribute is set here, none left to a class-level default: CPython reads an
+        # instance's own attributes in its fast path, and one shadowing a class attribute slowly.)
         self.state = state
         # The peer's and our own address when the listener already knows them (it saves the
         # transport a system call for each); otherwise asked of the transport.
@@ -95,15 +75,43 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._line_limit = settings.limit_request_line
         self._keepalive_on = settings.keepalive > 0
         self._root_path = settings.root_path
-        self._proxy_buffer: Optional[bytes] = b"" if settings.proxy_protocol != "off" else None
-        self._phase = OPEN
+        self.transport: Any = None
+        self.out: OutputBuffer = None  # type: ignore[assignment]  # set in connection_made
+        self.flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
+        self.client: Any = None
+        self.server: Any = None
         self.scheme = "http"
         self._extensions: Dict[str, Any] = HTTP_EXTENSIONS
+        self._phase = OPEN
+        # A graceful stop began: the response being written says `connection: close`.
+        self.stopping = False
+        self._proxy_buffer: Optional[bytes] = b"" if settings.proxy_protocol != "off" else None
+        # The reader's state (reader.py) for the request whose head or body is arriving now.
+        self._url = b""
+        self._headers: List[List[bytes]] = []
+        self._hosts = 0
+        self._transfer_encoding = False
+        self._expect_100 = False
         self._special: "frozenset[bytes]" = SPECIAL_HEADERS  # (more behind a trusted proxy)
+        self._upgrade: Optional[bytes] = None
         self._forwarded: Optional[List[Tuple[bytes, bytes]]] = None
+        self._parsing: Optional[RequestCycle] = None
+        self._websocket: Optional[WebSocketSession] = None
+        self._head_started: Optional[float] = None  # when the head under way began
+        # The request being answered, and those parsed and waiting their turn.
+        self._active: Optional[RequestCycle] = None
+        self._deferred: Optional[RequestCycle] = None
         self._pipeline: Deque[RequestCycle] = deque()
         # Bytes not fed to the parser yet because MAX_PIPELINED requests wait (reading is paused).
         self._held: Optional[bytes] = None
+        self._served = 0
+        # REJECTING: the error response to send, or the bad request line still arriving.
+        self._pending_error: Optional[bytes] = None
+        self._bad_line: Optional[bytes] = None
+        # The bytes since the parser last stood between two requests (to find where a request
+        # with a bad method starts), and what follows an upgrade request.
+        self._since_boundary: Optional[bytes] = None
+        self._websocket_leftover = b""
         self._last_activity = self.loop.time()
 
     @property

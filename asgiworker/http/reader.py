@@ -65,20 +65,18 @@ class RequestReader:
     _root_path: str
     _extensions: Dict[str, Any]
 
-    # The state of the request whose head or body is arriving now. Class-level starting values
-    # (all immutable): a connection pays for none of them until it reads a request.
-    _url = b""
-    _headers: List[List[bytes]] = []  # (never appended to: on_message_begin sets a fresh list)
-    _hosts = 0
-    _transfer_encoding = False
-    _expect_100 = False
-    _special: "frozenset[bytes]"  # the headers looked at (set per connection)
-    _upgrade: Optional[bytes] = None
-    _forwarded: Optional[List[Tuple[bytes, bytes]]]  # a trusted proxy's headers (per connection)
-    _parsing: Optional[RequestCycle] = None
-    _websocket: Optional[WebSocketSession] = None
-    # When the head under way began (for the header timeout); None between requests.
-    _head_started: Optional[float] = None
+    # The state of the request whose head or body is arriving now (set up by HttpConnection).
+    _url: bytes
+    _headers: List[List[bytes]]
+    _hosts: int
+    _transfer_encoding: bool
+    _expect_100: bool
+    _special: "frozenset[bytes]"  # the headers looked at (more behind a trusted proxy)
+    _upgrade: Optional[bytes]
+    _forwarded: Optional[List[Tuple[bytes, bytes]]]  # a trusted proxy's headers
+    _parsing: Optional[RequestCycle]  # the request whose body is arriving
+    _websocket: Optional[WebSocketSession]
+    _head_started: Optional[float]  # when the head under way began (the header timeout)
 
     # -- httptools callbacks ------------------------------------------------------------------
 
