@@ -192,20 +192,3 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
             return value
         time.sleep(interval)
     return predicate()
-
-
-def raw_request(port: int, data: bytes, timeout: float = 5.0, host: str = "127.0.0.1") -> bytes:
-    """Send raw bytes, read until the server closes (or the timeout), return all it sent."""
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(data)
-        chunks = []
-        s.settimeout(timeout)
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        except (socket.timeout, ConnectionResetError):
-            pass  # what arrived before the silence or the reset is the answer
-        return b"".join(chunks)

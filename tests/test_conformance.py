@@ -6,6 +6,11 @@ on the same connection, by a valid pipelined ``GET /count?key=K`` and we require
 response (the rejection: status, ``connection: close``, ``content-type: text/plain;
 charset=utf-8``, a short body, correct framing), then the server's close, and, through a separate
 connection, that the app never saw ``/count?key=K``.
+
+Rules of pure protocol take a ``target`` (tests/targets.py): in-process on the protocol harness, with
+the same app and limits as the Gunicorn below, and, for those marked ``@end_to_end``, through that
+Gunicorn too. Rules that need the process (real-clock timeouts, its log, the worker surviving, the
+socket's addresses, what arrives while the connection is still open) take the Gunicorn ``server``.
 """
 
 from __future__ import annotations
@@ -15,23 +20,14 @@ import time
 
 import gunicorn.config
 import pytest
+import uvloop
 
-from tests.apps.conformance_apps import (
-    BAD_HEADER_CASES,
-    CANARY,
-    assert_rejected,
-    connect,
-    exchange,
-    hits,
-    log_since,
-    new_key,
-    nothing_within,
-    parse_all,
-    parse_one,
-    read_response,
-    read_until_close,
-)
+from asgiworker.config import Settings
+from tests.apps.conformance_apps import BAD_HEADER_CASES, app
+from tests.conformance_client import CANARY, assert_rejected, hits, log_since, new_key
 from tests.conftest import GunicornServer
+from tests.targets import InProcess, Target, chosen_target, end_to_end, exchange
+from tests.wire import Response, connect, nothing_within, parse_all, parse_one, read_response, read_until_close
 
 APP = "tests.apps.conformance_apps:app"
 HAS_ROOT_PATH = any(s.name == "root_path" for s in gunicorn.config.KNOWN_SETTINGS)
@@ -58,6 +54,22 @@ def server():
 
 
 @pytest.fixture(scope="module")
+def in_process():
+    """The same app and limits as ``server``, served in-process by the protocol harness."""
+    loop = uvloop.new_event_loop()
+    yield InProcess(app, loop, Settings(keepalive=5.0, limit_request_line=LIMIT_LINE,
+                                        limit_request_fields=LIMIT_FIELDS,
+                                        limit_request_field_size=LIMIT_FIELD_SIZE,
+                                        root_path=ROOT_PATH if HAS_ROOT_PATH else ""))
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def target(request, in_process):
+    return chosen_target(request, in_process, "server")
+
+
+@pytest.fixture(scope="module")
 def timeout_server():
     s = GunicornServer(APP, "--keep-alive", str(KEEPALIVE_SHORT),
                        env={"ASGIWORKER_HEADER_TIMEOUT": str(HEADER_TIMEOUT)})
@@ -65,16 +77,17 @@ def timeout_server():
     s.stop()
 
 
-def request(port: int, data: bytes, method: bytes = b"GET", timeout: float = 5.0):
-    """Send data (one request, normally with Connection: close), return the one response."""
-    with connect(port, timeout) as s:
-        s.sendall(data)
-        resp, extra = read_response(s, method, timeout)
+def request(target: Target, data: bytes, method: bytes = b"GET") -> Response:
+    """Send ``data`` (one request the server closes after: Connection: close, or HTTP/1.0) and
+    return the response."""
+    data, _ = exchange(target, data)
+    resp, _ = parse_one(data, method)
     return resp
 
 
-def scope_of(port: int, data: bytes) -> dict:
-    resp = request(port, data)
+def scope_of(target: Target, data: bytes) -> dict:
+    """The scope the app saw for the request in ``data`` (sent to /scope)."""
+    resp = request(target, data)
     assert resp.status == 200, resp
     return json.loads(resp.body)
 
@@ -97,24 +110,25 @@ MALFORMED_REQUEST_LINES = {
 }
 
 
+@end_to_end
 @pytest.mark.parametrize("name", list(MALFORMED_REQUEST_LINES))
-def test_malformed_request_line_400(server, name):
-    assert_rejected(server.port, MALFORMED_REQUEST_LINES[name], 400)
+def test_malformed_request_line_400(target, name):
+    assert_rejected(target, MALFORMED_REQUEST_LINES[name], 400)
 
 
 @pytest.mark.parametrize("method", [b"G(T", b"G\x01T", b"GE\x7fT", b"G\xc3\x89T", b"G,T", b"{GET}", b"G:T"])
-def test_invalid_method_token_400(server, method):
-    assert_rejected(server.port, method + b" / HTTP/1.1\r\nHost: a\r\n\r\n", 400)
+def test_invalid_method_token_400(target, method):
+    assert_rejected(target, method + b" / HTTP/1.1\r\nHost: a\r\n\r\n", 400)
 
 
 @pytest.mark.parametrize("method", [b"FROB", b"X-MY_METHOD.1~"])
-def test_unknown_but_valid_method_501(server, method):
-    # RFC 9110 9.1: a syntactically valid method the server does not implement is a 501, not a 400
-    assert_rejected(server.port, method + b" / HTTP/1.1\r\nHost: a\r\n\r\n", 501)
+def test_unknown_but_valid_method_501(target, method):
+    # RFC 9110 9.1: a syntactically valid method the target does not implement is a 501, not a 400
+    assert_rejected(target, method + b" / HTTP/1.1\r\nHost: a\r\n\r\n", 501)
 
 
-def test_connect_not_supported_501(server):
-    assert_rejected(server.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 501)
+def test_connect_not_supported_501(target):
+    assert_rejected(target, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 501)
 
 
 INVALID_TARGETS = {
@@ -134,42 +148,44 @@ INVALID_TARGETS = {
 
 
 @pytest.mark.parametrize("name", list(INVALID_TARGETS))
-def test_invalid_request_target_400(server, name):
-    assert_rejected(server.port, INVALID_TARGETS[name] + b"\r\nHost: a\r\n\r\n", 400)
+def test_invalid_request_target_400(target, name):
+    assert_rejected(target, INVALID_TARGETS[name] + b"\r\nHost: a\r\n\r\n", 400)
 
 
-def test_http09_request_line_400(server):
-    assert_rejected(server.port, b"GET /\r\n", 400)
+def test_http09_request_line_400(target):
+    assert_rejected(target, b"GET /\r\n", 400)
 
 
+@end_to_end
 @pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/3.0", b"HTTP/1.2", b"HTTP/0.9"])
-def test_unsupported_version_505(server, version):
-    assert_rejected(server.port, b"GET / " + version + b"\r\nHost: a\r\n\r\n", 505)
+def test_unsupported_version_505(target, version):
+    assert_rejected(target, b"GET / " + version + b"\r\nHost: a\r\n\r\n", 505)
 
 
-def test_request_line_limit_414(server):
-    assert_rejected(server.port, b"GET /" + b"a" * (LIMIT_LINE * 2) + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414)
+@end_to_end
+def test_request_line_limit_414(target):
+    assert_rejected(target, b"GET /" + b"a" * (LIMIT_LINE * 2) + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414)
     # and below the limit it is served
-    resp = request(server.port, b"GET /" + b"a" * (LIMIT_LINE // 2) + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    resp = request(target, b"GET /" + b"a" * (LIMIT_LINE // 2) + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert resp.status == 200
 
 
-def test_leading_empty_line_ignored(server):
-    # RFC 9112 2.2: a server SHOULD ignore at least one empty line before the request-line.
-    resp = request(server.port, b"\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+def test_leading_empty_line_ignored(target):
+    # RFC 9112 2.2: a target SHOULD ignore at least one empty line before the request-line.
+    resp = request(target, b"\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert resp.status == 200 and resp.body == b"ok"
 
 
-def test_repeated_spaces_in_request_line_tolerated(server):
+def test_repeated_spaces_in_request_line_tolerated(target):
     # RFC 9112 3: a recipient MAY parse the request-line on whitespace-delimited word boundaries.
     # llhttp does so for runs of SP (never for HTAB or other whitespace, which stay a 400): the
     # request is read as the single-SP form, with the same method, target and version.
-    d = scope_of(server.port, b"GET  /scope?x=1  HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    d = scope_of(target, b"GET  /scope?x=1  HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert d["method"] == "GET" and d["path"] == "/scope" and d["query_string"] == "x=1"
 
 
-def test_asterisk_form_options_accepted(server):
-    resp = request(server.port, b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+def test_asterisk_form_options_accepted(target):
+    resp = request(target, b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert resp.status == 200
 
 
@@ -196,8 +212,8 @@ BAD_HEADER_LINES = {
 
 
 @pytest.mark.parametrize("name", list(BAD_HEADER_LINES))
-def test_invalid_header_line_400(server, name):
-    assert_rejected(server.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + BAD_HEADER_LINES[name] + b"\r\n\r\n", 400)
+def test_invalid_header_line_400(target, name):
+    assert_rejected(target, b"GET / HTTP/1.1\r\nHost: a\r\n" + BAD_HEADER_LINES[name] + b"\r\n\r\n", 400)
 
 
 def test_underscore_header_names_follow_gunicorn_header_map(server):
@@ -206,37 +222,38 @@ def test_underscore_header_names_follow_gunicorn_header_map(server):
     # reaches the app; "refuse" answers 400; "dangerous" passes it through.
     request_bytes = (b"GET /scope HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\n"
                      b"X-Kept: yes\r\nConnection: close\r\n\r\n")
-    names = [h[0] for h in scope_of(server.port, request_bytes)["headers"]]
+    names = [h[0] for h in scope_of(server, request_bytes)["headers"]]
     assert "x-kept" in names and "x_forwarded_for" not in names, names
     refusing = GunicornServer(APP, "--header-map", "refuse")
     passing = GunicornServer(APP, "--header-map", "dangerous")
     try:
-        assert_rejected(refusing.port, b"GET / HTTP/1.1\r\nHost: a\r\nX_Y: z\r\n\r\n", 400)
-        names = [h[0] for h in scope_of(passing.port, request_bytes)["headers"]]
+        assert_rejected(refusing, b"GET / HTTP/1.1\r\nHost: a\r\nX_Y: z\r\n\r\n", 400)
+        names = [h[0] for h in scope_of(passing, request_bytes)["headers"]]
         assert "x_forwarded_for" in names, names
     finally:
         refusing.stop()
         passing.stop()
 
 
-def test_whitespace_before_first_header_400(server):
+def test_whitespace_before_first_header_400(target):
     # RFC 9112 2.2: whitespace between the start-line and the first field line
-    assert_rejected(server.port, b"GET / HTTP/1.1\r\n X: y\r\nHost: a\r\n\r\n", 400)
+    assert_rejected(target, b"GET / HTTP/1.1\r\n X: y\r\nHost: a\r\n\r\n", 400)
 
 
-def test_too_many_header_fields_431(server):
+@end_to_end
+def test_too_many_header_fields_431(target):
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(LIMIT_FIELDS + 10))
-    assert_rejected(server.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n", 431)
+    assert_rejected(target, b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n", 431)
     few = b"".join(b"X-H%d: v\r\n" % i for i in range(LIMIT_FIELDS - 10))
-    resp = request(server.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n" + few + b"\r\n")
+    resp = request(target, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n" + few + b"\r\n")
     assert resp.status == 200
 
 
-def test_header_field_too_large_431(server):
+def test_header_field_too_large_431(target):
     big = b"X-Big: " + b"v" * (LIMIT_FIELD_SIZE * 2) + b"\r\n"
-    assert_rejected(server.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + big + b"\r\n", 431)
+    assert_rejected(target, b"GET / HTTP/1.1\r\nHost: a\r\n" + big + b"\r\n", 431)
     ok = b"X-Big: " + b"v" * (LIMIT_FIELD_SIZE // 2) + b"\r\n"
-    resp = request(server.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n" + ok + b"\r\n")
+    resp = request(target, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n" + ok + b"\r\n")
     assert resp.status == 200
 
 
@@ -254,19 +271,20 @@ BAD_HOSTS = {
 }
 
 
+@end_to_end
 @pytest.mark.parametrize("name", list(BAD_HOSTS))
-def test_host_missing_duplicate_or_invalid_400(server, name):
-    assert_rejected(server.port, BAD_HOSTS[name], 400)
+def test_host_missing_duplicate_or_invalid_400(target, name):
+    assert_rejected(target, BAD_HOSTS[name], 400)
 
 
 @pytest.mark.parametrize("host", [b"example.com", b"example.com:8080", b"127.0.0.1:80", b"[::1]:8080", b"a"])
-def test_valid_host_accepted(server, host):
-    resp = request(server.port, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+def test_valid_host_accepted(target, host):
+    resp = request(target, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
     assert resp.status == 200
 
 
-def test_http10_without_host_accepted(server):
-    resp = request(server.port, b"GET / HTTP/1.0\r\n\r\n")
+def test_http10_without_host_accepted(target):
+    resp = request(target, b"GET / HTTP/1.0\r\n\r\n")
     assert resp.status == 200 and resp.body == b"ok"
 
 
@@ -294,37 +312,39 @@ def test_scope_keys_and_types(server):
     assert d["header_types"] == ["bytes"]
 
 
-def test_scope_http_version_10(server):
-    d = scope_of(server.port, b"GET /scope HTTP/1.0\r\n\r\n")
+def test_scope_http_version_10(target):
+    d = scope_of(target, b"GET /scope HTTP/1.0\r\n\r\n")
     assert d["http_version"] == "1.0"
 
 
+@end_to_end
 @pytest.mark.skipif(not HAS_ROOT_PATH, reason="this gunicorn has no --root-path")
-def test_scope_root_path(server):
-    d = scope_of(server.port, b"GET /mnt/scope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+def test_scope_root_path(target):
+    d = scope_of(target, b"GET /mnt/scope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert d["root_path"] == ROOT_PATH
-    # the path is what the client sent: the server neither strips nor adds the root path
+    # the path is what the client sent: the target neither strips nor adds the root path
     assert d["path"] == "/mnt/scope" and d["raw_path"] == "/mnt/scope"
 
 
-def test_scope_path_percent_decoded_raw_path_as_sent(server):
-    d = scope_of(server.port, b"GET /caf%C3%A9/a%20b%2Fc/%25/scope?q=%C3%A9 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+def test_scope_path_percent_decoded_raw_path_as_sent(target):
+    d = scope_of(target, b"GET /caf%C3%A9/a%20b%2Fc/%25/scope?q=%C3%A9 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert d["path"] == "/caf\u00e9/a b/c/%/scope"
     assert d["raw_path"] == "/caf%C3%A9/a%20b%2Fc/%25/scope"
     assert d["query_string"] == "q=%C3%A9"
 
 
-@pytest.mark.parametrize("target,path,query", [
+@pytest.mark.parametrize("uri,path,query", [
     (b"/scope?q=1#frag", "/scope", "q=1"),
     (b"/scope#frag?not=query", "/scope", ""),
 ])
-def test_scope_fragment_dropped(server, target, path, query):
-    d = scope_of(server.port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+def test_scope_fragment_dropped(target, uri, path, query):
+    d = scope_of(target, b"GET " + uri + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert d["path"] == path and d["raw_path"] == path and d["query_string"] == query
 
 
-def test_scope_headers_lowercased_ordered_duplicates_trimmed(server):
-    d = scope_of(server.port, b"GET /scope HTTP/1.1\r\nHost: a\r\nX-Foo:   bar  \r\nx-foo: baz\r\n"
+@end_to_end
+def test_scope_headers_lowercased_ordered_duplicates_trimmed(target):
+    d = scope_of(target, b"GET /scope HTTP/1.1\r\nHost: a\r\nX-Foo:   bar  \r\nx-foo: baz\r\n"
                               b"ACCEPT: */*\r\nX-Tab:\tv\t\r\nX-In: a  \t b\r\nX-Empty:\r\nX-Obs: caf\xe9\r\n"
                               b"X-Foo: third\r\nCONNECTION: close\r\n\r\n")
     assert d["headers"] == [
@@ -333,34 +353,35 @@ def test_scope_headers_lowercased_ordered_duplicates_trimmed(server):
     ]
 
 
-@pytest.mark.parametrize("target,path,raw_path,query", [
+@pytest.mark.parametrize("uri,path,raw_path,query", [
     (b"http://example.com/p/scope?q", "/p/scope", "/p/scope", "q"),
     (b"http://example.com:8080/scope", "/scope", "/scope", ""),
     (b"http://example.com/a%20b/scope?x=%20", "/a b/scope", "/a%20b/scope", "x=%20"),
 ])
-def test_scope_absolute_form(server, target, path, raw_path, query):
-    d = scope_of(server.port, b"GET " + target + b" HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+def test_scope_absolute_form(target, uri, path, raw_path, query):
+    d = scope_of(target, b"GET " + uri + b" HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
     assert d["path"] == path and d["raw_path"] == raw_path and d["query_string"] == query
 
 
-@pytest.mark.parametrize("target", [b"/%FF", b"/%C3", b"/%C3%28", b"/%ED%A0%80", b"/%C0%AF", b"/ok/%E2%82"])
-def test_path_not_utf8_after_decoding_400(server, target):
-    assert_rejected(server.port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n", 400)
+@pytest.mark.parametrize("uri", [b"/%FF", b"/%C3", b"/%C3%28", b"/%ED%A0%80", b"/%C0%AF", b"/ok/%E2%82"])
+def test_path_not_utf8_after_decoding_400(target, uri):
+    assert_rejected(target, b"GET " + uri + b" HTTP/1.1\r\nHost: a\r\n\r\n", 400)
 
 
 # -- responses ----------------------------------------------------------------------------------
 
 
-def test_content_length_response_as_given(server):
-    resp = request(server.port, b"GET /cl HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+def test_content_length_response_as_given(target):
+    resp = request(target, b"GET /cl HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert resp.status == 200
     assert resp.get(b"content-length") == b"5" and resp.get(b"transfer-encoding") is None
     assert resp.get(b"x-custom") == b"yes"
     assert resp.body == b"hello"
 
 
-def test_streamed_response_chunked_for_http11(server):
-    data, closed = exchange(server.port, b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n"
+@end_to_end
+def test_streamed_response_chunked_for_http11(target):
+    data, closed = exchange(target, b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n"
                                          b"GET /stream HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     responses, rest = parse_all(data)
     assert len(responses) == 2 and rest == b"" and closed, data
@@ -370,8 +391,8 @@ def test_streamed_response_chunked_for_http11(server):
 
 
 @pytest.mark.parametrize("extra", [b"", b"Connection: keep-alive\r\n"])
-def test_streamed_response_close_delimited_for_http10(server, extra):
-    data, closed = exchange(server.port, b"GET /stream HTTP/1.0\r\n" + extra + b"\r\n")
+def test_streamed_response_close_delimited_for_http10(target, extra):
+    data, closed = exchange(target, b"GET /stream HTTP/1.0\r\n" + extra + b"\r\n")
     assert closed, "an HTTP/1.0 response without a length must end with the close"
     resp, rest = parse_one(data, eof=True)
     assert resp.version == b"HTTP/1.1" and resp.status == 200
@@ -381,9 +402,9 @@ def test_streamed_response_close_delimited_for_http10(server, extra):
 
 
 @pytest.mark.parametrize("stream", ["0", "1"])
-def test_app_transfer_encoding_not_passed_through(server, stream):
-    # HTTP/1.1: whatever framing the server picks, it is the server's (one TE or a CL, not both)
-    data, closed = exchange(server.port, b"GET /app-te?stream=%s HTTP/1.1\r\nHost: a\r\n\r\n"
+def test_app_transfer_encoding_not_passed_through(target, stream):
+    # HTTP/1.1: whatever framing the target picks, it is the target's (one TE or a CL, not both)
+    data, closed = exchange(target, b"GET /app-te?stream=%s HTTP/1.1\r\nHost: a\r\n\r\n"
                                          b"GET /cl HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % stream.encode())
     responses, rest = parse_all(data)
     assert len(responses) == 2 and rest == b"", data
@@ -391,16 +412,17 @@ def test_app_transfer_encoding_not_passed_through(server, stream):
     assert len(responses[0].get_all(b"transfer-encoding")) <= 1
     assert responses[1].body == b"hello"
     # HTTP/1.0: never chunked, so the app's header cannot be there at all
-    data, closed = exchange(server.port, b"GET /app-te?stream=%s HTTP/1.0\r\n\r\n" % stream.encode())
+    data, closed = exchange(target, b"GET /app-te?stream=%s HTTP/1.0\r\n\r\n" % stream.encode())
     resp, _ = parse_one(data, eof=closed)
     assert resp.get(b"transfer-encoding") is None
     assert resp.body == b"hello world"
 
 
-@pytest.mark.parametrize("target", [b"/cl", b"/stream"])
-def test_head_gets_get_headers_and_no_body(server, target):
-    get_resp = request(server.port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-    data, closed = exchange(server.port, b"HEAD " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+@end_to_end
+@pytest.mark.parametrize("uri", [b"/cl", b"/stream"])
+def test_head_gets_get_headers_and_no_body(target, uri):
+    get_resp = request(target, b"GET " + uri + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    data, closed = exchange(target, b"HEAD " + uri + b" HTTP/1.1\r\nHost: a\r\n\r\n"
                                          b"GET /cl HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     responses, rest = parse_all(data, methods=[b"HEAD", b"GET"])
     assert len(responses) == 2 and rest == b"", f"HEAD response carried body bytes? {data!r}"
@@ -408,14 +430,15 @@ def test_head_gets_get_headers_and_no_body(server, target):
     assert head.status == 200 and head.body == b""
     strip = lambda r: [h for h in r.headers if h[0] not in (b"date", b"connection")]  # noqa: E731
     assert strip(head) == strip(get_resp)
-    if target == b"/cl":
+    if uri == b"/cl":
         assert head.get(b"content-length") == b"5"
     assert responses[1].body == b"hello"
 
 
+@end_to_end
 @pytest.mark.parametrize("code", [204, 304])
-def test_no_body_statuses(server, code):
-    data, closed = exchange(server.port, b"GET /status?code=%d HTTP/1.1\r\nHost: a\r\n\r\n"
+def test_no_body_statuses(target, code):
+    data, closed = exchange(target, b"GET /status?code=%d HTTP/1.1\r\nHost: a\r\n\r\n"
                                          b"GET /cl HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % code)
     responses, rest = parse_all(data)
     assert len(responses) == 2 and rest == b"", f"{code} response carried body bytes? {data!r}"
@@ -428,8 +451,8 @@ def test_no_body_statuses(server, code):
     assert responses[1].body == b"hello"
 
 
-def test_informational_status_has_no_body(server):
-    data, closed = exchange(server.port, b"GET /status?code=103 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+def test_informational_status_has_no_body(target):
+    data, closed = exchange(target, b"GET /status?code=103 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     resp, rest = parse_one(data)
     assert resp.status == 103
     assert resp.get(b"transfer-encoding") is None and resp.get(b"content-length") is None
@@ -469,7 +492,7 @@ def test_http11_connection_close_honoured(server):
 @pytest.mark.parametrize("case", sorted(BAD_HEADER_CASES))
 def test_invalid_response_header_500(server, case):
     offset = len(server.log())
-    data, closed = exchange(server.port, b"GET /badhdr?case=%s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    data, closed = exchange(server, b"GET /badhdr?case=%s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
                             % case.encode())
     assert b"x-injected" not in data.lower() and b"x-bad" not in data.lower(), data
     resp, rest = parse_one(data)
@@ -520,8 +543,8 @@ def test_100_continue_only_when_app_reads(server):
     assert final.status == 200 and final.body == b"hello" and extra == b""
 
 
-def test_no_100_continue_when_body_already_there(server):
-    data, closed = exchange(server.port, b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+def test_no_100_continue_when_body_already_there(target):
+    data, closed = exchange(target, b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
                                          b"Expect: 100-continue\r\nConnection: close\r\n\r\nhello")
     responses, rest = parse_all(data)
     assert [r.status for r in responses] == [200] and responses[0].body == b"hello", data
@@ -553,7 +576,7 @@ def test_expect_app_answers_without_reading(server):
         data, closed = read_until_close(s, timeout=3)
     assert closed, "the connection must close after answering without reading the announced body"
     assert extra + data == b"", f"more was sent: {extra + data!r}"
-    assert hits(server.port, key) == 0
+    assert hits(server, key) == 0
 
 
 # -- application errors -------------------------------------------------------------------------
@@ -578,7 +601,7 @@ def bystander(server):
 def test_exception_before_start_500(server, bystander):
     key = new_key()
     offset = len(server.log())
-    data, closed = exchange(server.port, b"GET /error?when=before&key=%s HTTP/1.1\r\nHost: a\r\n\r\n" % key.encode())
+    data, closed = exchange(server, b"GET /error?when=before&key=%s HTTP/1.1\r\nHost: a\r\n\r\n" % key.encode())
     resp, rest = parse_one(data)
     assert resp.status == 500 and rest == b""
     assert key in log_since(server, offset, key)
@@ -597,26 +620,26 @@ def test_exception_after_start_closes_without_second_response(server, bystander)
 
 def test_exception_after_start_message_only(server, bystander):
     # start sent, no body yet: ASGI lets the server replace it with a 500; either way one response
-    data, closed = exchange(server.port, b"GET /error?when=start HTTP/1.1\r\nHost: a\r\n\r\n"
+    data, closed = exchange(server, b"GET /error?when=start HTTP/1.1\r\nHost: a\r\n\r\n"
                                          b"GET /cl HTTP/1.1\r\nHost: a\r\n\r\n", timeout=3)
     assert closed and data.count(b"HTTP/1.1 ") == 1, data
 
 
 def test_app_returns_without_response_500(server, bystander):
-    data, closed = exchange(server.port, b"GET /noresponse HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    data, closed = exchange(server, b"GET /noresponse HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     resp, rest = parse_one(data)
     assert resp.status == 500 and rest == b""
 
 
 def test_app_returns_mid_response_closes(server, bystander):
-    data, closed = exchange(server.port, b"GET /noresponse?partial=1 HTTP/1.1\r\nHost: a\r\n\r\n"
+    data, closed = exchange(server, b"GET /noresponse?partial=1 HTTP/1.1\r\nHost: a\r\n\r\n"
                                          b"GET /cl HTTP/1.1\r\nHost: a\r\n\r\n", timeout=3)
     assert closed and data.count(b"HTTP/1.1 ") == 1 and b"partial" in data, data
     assert not data.endswith(b"0\r\n\r\n"), data
 
 
 def test_system_exit_in_app_does_not_kill_worker(server, bystander):
-    data, closed = exchange(server.port, b"GET /error?when=exit HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    data, closed = exchange(server, b"GET /error?when=exit HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     resp, rest = parse_one(data)
     assert resp.status == 500
 
@@ -634,7 +657,7 @@ INVALID_MESSAGE_WORDS = {
 @pytest.mark.parametrize("case", sorted(INVALID_MESSAGE_WORDS))
 def test_invalid_app_message_500_and_logged(server, bystander, case):
     offset = len(server.log())
-    data, closed = exchange(server.port, b"GET /invalid?case=%s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    data, closed = exchange(server, b"GET /invalid?case=%s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
                             % case.encode())
     resp, rest = parse_one(data)
     assert resp.status == 500 and rest == b"", data
@@ -645,7 +668,7 @@ def test_invalid_app_message_500_and_logged(server, bystander, case):
 
 def test_invalid_app_message_after_start_closes(server, bystander):
     offset = len(server.log())
-    data, closed = exchange(server.port, b"GET /invalid?case=7 HTTP/1.1\r\nHost: a\r\n\r\n"
+    data, closed = exchange(server, b"GET /invalid?case=7 HTTP/1.1\r\nHost: a\r\n\r\n"
                                          b"GET /cl HTTP/1.1\r\nHost: a\r\n\r\n", timeout=3)
     assert closed and data.count(b"HTTP/1.1 ") == 1 and b"partial" in data, data
     assert not data.endswith(b"0\r\n\r\n")

@@ -16,18 +16,10 @@ import time
 
 import pytest
 
-from tests.apps.conformance_apps import (
-    connect,
-    events,
-    exchange,
-    get,
-    new_key,
-    parse_all,
-    parse_one,
-    read_response,
-    rss_kb,
-)
+from tests.conformance_client import events, get, new_key, rss_kb
 from tests.conftest import GunicornServer
+from tests.targets import exchange
+from tests.wire import connect, parse_all, parse_one, read_response
 
 APP = "tests.apps.conformance_apps:app"
 MB = 1000 * 1000
@@ -43,8 +35,8 @@ def server():
     [s.pid] = s.worker_pids()
     # warm up: the first requests allocate what every request needs
     for _ in range(3):
-        assert get(s.port, "/cl").body == b"hello"
-    data, _ = exchange(s.port, b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n"
+        assert get(s, "/cl").body == b"hello"
+    data, _ = exchange(s, b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n"
                                b"Connection: close\r\n\r\n" + b"w" * 100000)
     yield s
     s.stop()
@@ -125,7 +117,7 @@ def test_write_side_slow_reader_of_1gib_stream_bounded(server):
     assert growth < WRITE_SIDE_BOUND_KB, f"worker RSS grew by {growth} kB for a slow reader"
     assert 10 * MIB < received < 200 * MIB
     # and the app learnt that the client left: send() raised an OSError subclass
-    evs = events(server.port, key, want=lambda e: bool(e), timeout=10)
+    evs = events(server, key, want=lambda e: bool(e), timeout=10)
     assert evs and evs[-1].get("oserror") is True, evs
 
 
@@ -135,7 +127,7 @@ def test_receive_returns_disconnect_when_client_leaves(server):
         s.sendall(b"POST /wait-body?key=%s HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789"
                   % key.encode())
         time.sleep(0.3)
-    evs = events(server.port, key, want=lambda e: any(x["type"] == "http.disconnect" for x in e))
+    evs = events(server, key, want=lambda e: any(x["type"] == "http.disconnect" for x in e))
     assert evs and evs[-1]["type"] == "http.disconnect", evs
     before = evs[:-1]
     assert all(x["type"] == "http.request" and x["more_body"] for x in before), evs
@@ -169,7 +161,7 @@ def test_disconnect_mid_body_frees_the_connection(server):
                   % key.encode())
         time.sleep(0.3)
         assert open_sockets(server.pid) == baseline + 1
-    evs = events(server.port, key, want=lambda e: any(x["type"] == "http.disconnect" for x in e))
+    evs = events(server, key, want=lambda e: any(x["type"] == "http.disconnect" for x in e))
     assert evs and evs[-1]["type"] == "http.disconnect", evs
     left = wait_sockets(server.pid, baseline)
     assert left == baseline, f"the worker still holds {left - baseline} socket(s) of a client that left"
@@ -177,10 +169,10 @@ def test_disconnect_mid_body_frees_the_connection(server):
 
 def test_half_close_mid_body_ends_the_connection(server):
     key = new_key()
-    data, closed = exchange(server.port, b"POST /wait-body?key=%s HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n"
+    data, closed = exchange(server, b"POST /wait-body?key=%s HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n"
                                          b"\r\n0123456789" % key.encode(), timeout=4, shut_wr=True)
     assert closed, "a request whose body can never arrive must end with the server's close"
-    evs = events(server.port, key, want=lambda e: any(x["type"] == "http.disconnect" for x in e))
+    evs = events(server, key, want=lambda e: any(x["type"] == "http.disconnect" for x in e))
     assert evs and evs[-1]["type"] == "http.disconnect", evs
 
 
@@ -194,7 +186,7 @@ def test_send_raises_oserror_when_client_leaves(server):
             assert chunk
             got += chunk
         assert got.startswith(b"HTTP/1.1 200 ")
-    evs = events(server.port, key, want=lambda e: bool(e), timeout=10)
+    evs = events(server, key, want=lambda e: bool(e), timeout=10)
     assert evs, "the app never noticed the client had gone"
     assert evs[0]["exception"] is not None, evs
     assert evs[0]["oserror"] is True, f"send() raised {evs[0]['exception']}, not an OSError subclass"
@@ -207,14 +199,14 @@ def test_send_raises_oserror_when_client_leaves(server):
     (b"POST /sleep?s=0.3 HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi", b"slept:hi"),
 ], ids=["get-slow-app", "post-cl", "post-chunked", "http10"])
 def test_half_closed_client_still_gets_response(server, req, body):
-    data, closed = exchange(server.port, req, shut_wr=True)
+    data, closed = exchange(server, req, shut_wr=True)
     resp, rest = parse_one(data)
     assert resp.status == 200 and resp.body == body and rest == b""
     assert closed
 
 
 def test_half_closed_after_pipelined_requests_gets_all_responses(server):
-    data, closed = exchange(server.port, b"GET /sleep?s=0.3 HTTP/1.1\r\nHost: a\r\n\r\n"
+    data, closed = exchange(server, b"GET /sleep?s=0.3 HTTP/1.1\r\nHost: a\r\n\r\n"
                                          b"GET /cl HTTP/1.1\r\nHost: a\r\n\r\n", shut_wr=True)
     responses, rest = parse_all(data)
     assert [r.body for r in responses] == [b"slept:", b"hello"] and rest == b"" and closed, data

@@ -11,26 +11,25 @@ from typing import List, Optional, Tuple
 import pytest
 
 from tests.apps.http_apps import RECORD_DIR_ENV
-from tests.conftest import GunicornServer, raw_request, wait_for
+from tests.conftest import GunicornServer, wait_for
+from tests.wire import Incomplete, Malformed, Response, parse_one, raw_request
 
 
-def http_get(server: GunicornServer, path: str, timeout: float = 10.0) -> Tuple[Optional[int], bytes]:
-    """One request on a fresh connection (Connection: close). (status or None, raw bytes)."""
+def http_get(server: GunicornServer, path: str, timeout: float = 10.0) -> Tuple[Optional[Response], bytes]:
+    """One request on a fresh connection (Connection: close): (the response, or None if no
+    complete one came, and the raw bytes)."""
     data = raw_request(server.port, b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode(),
                        timeout=timeout, host=server.host)
-    if not data.startswith(b"HTTP/1.1 "):
+    try:
+        return parse_one(data)[0], data
+    except (Incomplete, Malformed):
         return None, data
-    return int(data[9:12]), data
-
-
-def body_of(data: bytes) -> bytes:
-    return data.partition(b"\r\n\r\n")[2]
 
 
 def get_pid(server: GunicornServer) -> int:
-    status, data = http_get(server, "/pid")
-    assert status == 200, data
-    return int(body_of(data))
+    response, data = http_get(server, "/pid")
+    assert response is not None and response.status == 200, data
+    return int(response.body)
 
 
 
@@ -54,7 +53,7 @@ def test_idle_worker_keeps_its_heartbeat(timeout_server):
 def test_blocked_loop_gets_worker_killed_and_replaced(timeout_server):
     server = timeout_server
     pid = get_pid(server)
-    result: List[Tuple[Optional[int], bytes]] = []
+    result: List[Tuple[Optional[Response], bytes]] = []
     t = threading.Thread(target=lambda: result.append(http_get(server, "/block?seconds=10", timeout=15)))
     started = time.monotonic()
     t.start()
@@ -77,7 +76,7 @@ def test_blocked_loop_gets_worker_killed_and_replaced(timeout_server):
 def test_sigterm_lets_in_flight_request_finish(gunicorn, tmp_path):
     server = gunicorn("tests.apps.http_apps:app", env={RECORD_DIR_ENV: str(tmp_path)})
     rec = "slow-" + uuid.uuid4().hex
-    result: List[Tuple[Optional[int], bytes]] = []
+    result: List[Tuple[Optional[Response], bytes]] = []
     t = threading.Thread(target=lambda: result.append(http_get(server, f"/slow?seconds=2&rec={rec}", timeout=15)))
     t.start()
     try:
@@ -89,9 +88,9 @@ def test_sigterm_lets_in_flight_request_finish(gunicorn, tmp_path):
     finally:
         t.join(20)
     assert result, "the client thread did not finish"
-    status, data = result[0]
-    assert status == 200, data
-    assert body_of(data) == b"slow done"
+    response, data = result[0]
+    assert response is not None and response.status == 200, data
+    assert response.body == b"slow done"
 
 
 def test_max_requests_restarts_worker_without_failing_requests(gunicorn):
@@ -100,9 +99,9 @@ def test_max_requests_restarts_worker_without_failing_requests(gunicorn):
     for i in range(12):
         # A fresh connection each time, sent right after the previous answer: whichever worker
         # accepts it (the one being retired or its replacement) must answer it.
-        status, data = http_get(server, "/pid")
-        assert status == 200, f"request {i + 1} failed: {data!r} (pids so far {pids})"
-        pids.append(int(body_of(data)))
+        response, data = http_get(server, "/pid")
+        assert response is not None and response.status == 200, f"request {i + 1} failed: {data!r} (pids so far {pids})"
+        pids.append(int(response.body))
     # Runs of the same pid: wait_ready() already sent the first worker a request (OPTIONS *), so
     # its run is shorter; every later worker serves exactly five before the master replaces it.
     runs: List[List[int]] = []

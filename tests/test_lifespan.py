@@ -11,18 +11,9 @@ from typing import List
 
 import pytest
 
-from tests.apps.drop_in_apps import (
-    RECORD_ENV,
-    SHUTDOWN_DELAY_ENV,
-    STARTUP_DELAY_ENV,
-    HttpResponse,
-    http_request,
-    names,
-    read_events,
-    read_response,
-    request_bytes,
-)
+from tests.apps.drop_in_apps import RECORD_ENV, SHUTDOWN_DELAY_ENV, STARTUP_DELAY_ENV, names, read_events
 from tests.conftest import GunicornServer, wait_for
+from tests.wire import Response, http_request, read_response, request_bytes
 
 APP = "tests.apps.drop_in_apps:lifespan_app"
 NO_LIFESPAN_APP = "tests.apps.drop_in_apps:no_lifespan_app"
@@ -81,7 +72,7 @@ def test_state_reaches_every_request_as_a_shallow_copy(lifespan_server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         for n in range(3):
             s.sendall(request_bytes("/state?mutate=ka%d" % n))
-            state = read_response(s).json()
+            state = read_response(s, timeout=None)[0].json()
             assert state["greeting"] == "hello from startup"
             assert "leaked" not in state["keys"]
 
@@ -163,7 +154,7 @@ def test_an_unknown_mode_stops_the_boot_with_a_message(gunicorn):
 def test_shutdown_runs_after_the_in_flight_request_finished(gunicorn, tmp_path):
     rec = tmp_path / "events"
     server = gunicorn(APP, env={RECORD_ENV: str(rec)})
-    result: List[HttpResponse] = []
+    result: List[Response] = []
     t = threading.Thread(target=lambda: result.append(http_request(server.port, "/slow?seconds=1.5&tag=inflight",
                                                                    timeout=15)))
     t.start()

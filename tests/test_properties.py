@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import string
 import time
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 from urllib.parse import quote, unquote
 
-import h11
 import pytest
 import uvloop
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +27,7 @@ from hypothesis import strategies as st
 from tests.apps.http_apps import describe_request, make_reflect_app
 from tests.conftest import GunicornServer
 from tests.protocol_harness import Harness
+from tests.wire import Incomplete, Response, connect, parse_one, read_to_close
 
 # -- generated requests -----------------------------------------------------------------------------
 
@@ -125,38 +124,26 @@ def split_streams(draw, max_requests: int = 12, max_pieces: int = 30):
     return reqs, stream, pieces
 
 
-def parse_responses(data: bytes, reqs: Sequence[Req]) -> List[Tuple[h11.Response, bytes]]:
-    """All responses in ``data`` (answers to ``reqs``, in order), parsed by h11 as the client."""
-    conn = h11.Connection(h11.CLIENT)
-    conn.receive_data(data)
+def parse_responses(data: bytes, reqs: Sequence[Req]) -> List[Response]:
+    """The responses to ``reqs`` at the start of ``data``, in order; each must be complete."""
     out = []
+    rest = data
     for i, req in enumerate(reqs):
-        if i:
-            conn.start_next_cycle()
-        conn.send(h11.Request(method=req.method, target="/", headers=[("Host", "x")]))
-        conn.send(h11.EndOfMessage())
-        head, body = None, []
-        while True:
-            event = conn.next_event()
-            assert event is not h11.NEED_DATA, f"response {i + 1} of {len(reqs)} incomplete"
-            if isinstance(event, h11.Response):
-                head = event
-            elif isinstance(event, h11.Data):
-                body.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-        out.append((head, b"".join(body)))
+        try:
+            resp, rest = parse_one(rest, req.method.encode(), eof=False)
+        except Incomplete:
+            raise AssertionError(f"response {i + 1} of {len(reqs)} incomplete") from None
+        out.append(resp)
     return out
 
 
 def check_responses(data: bytes, reqs: Sequence[Req]) -> None:
-    responses = parse_responses(data, reqs)
-    for req, (head, body) in zip(reqs, responses):
-        assert head.status_code == 200
+    for req, resp in zip(reqs, parse_responses(data, reqs)):
+        assert resp.status == 200
         if req.method == "HEAD":
-            assert body == b""
+            assert resp.body == b""
         else:
-            assert json.loads(body) == req.expected()
+            assert json.loads(resp.body) == req.expected()
 
 
 # -- (a) in-process ---------------------------------------------------------------------------------
@@ -228,32 +215,13 @@ def test_split_stream_with_bad_tail_in_process(loop, reqs, tail, data):
     whole_records, whole_out = run_harness(loop, [stream], expect_close=True)
     assert whole_records == expected
     check_responses(whole_out, reqs)
-    error = whole_out[len(b"".join(_response_bytes(whole_out, reqs))):]
+    error = whole_out[sum(len(r.raw) for r in parse_responses(whole_out, reqs)):]
     assert re.match(rb"HTTP/1\.1 (4\d\d|5\d\d) ", error), error
     assert b"\r\nconnection: close\r\n" in error.split(b"\r\n\r\n")[0] + b"\r\n"
 
     split_records, split_out = run_harness(loop, pieces, expect_close=True)
     assert split_records == expected
     assert split_out == whole_out
-
-
-def _response_bytes(data: bytes, reqs: Sequence[Req]) -> List[bytes]:
-    """The raw bytes of the first len(reqs) responses in data (found with h11's framing)."""
-    conn = h11.Connection(h11.CLIENT)
-    conn.receive_data(data)
-    out = []
-    consumed = 0
-    for i, req in enumerate(reqs):
-        if i:
-            conn.start_next_cycle()
-        conn.send(h11.Request(method=req.method, target="/", headers=[("Host", "x")]))
-        conn.send(h11.EndOfMessage())
-        while not isinstance(conn.next_event(), h11.EndOfMessage):
-            pass
-        left = len(conn.trailing_data[0])
-        out.append(data[consumed:len(data) - left])
-        consumed = len(data) - left
-    return out
 
 
 def test_harness_honours_pause_reading(loop):
@@ -284,22 +252,16 @@ DATE = re.compile(rb"\r\ndate: [^\r\n]*\r\n", re.IGNORECASE)
 
 
 def send_pieces(server: GunicornServer, pieces: Sequence[bytes], timeout: float = 10.0) -> bytes:
-    with socket.create_connection((server.host, server.port), timeout=timeout) as s:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    """Send ``pieces`` a millisecond apart (so that they tend to arrive as separate reads) and
+    read until the server closes, as the last request asks."""
+    with connect(server.port, timeout) as s:
         for i, piece in enumerate(pieces):
             s.sendall(piece)
             if i < len(pieces) - 1:
                 time.sleep(0.001)
-        chunks = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        else:
-            raise AssertionError("the server did not close after Connection: close")
-    return b"".join(chunks)
+        data, how = read_to_close(s, timeout)
+    assert how == "eof", f"the server did not close after Connection: close ({how})"
+    return data
 
 
 def normalise(data: bytes) -> bytes:

@@ -18,15 +18,9 @@ from typing import Dict, List
 
 import pytest
 
-from tests.apps.drop_in_apps import (
-    LOGGER_RECORD_ENV,
-    CleanClose,
-    http_request,
-    read_events,
-    read_response,
-    request_bytes,
-)
+from tests.apps.drop_in_apps import LOGGER_RECORD_ENV, read_events
 from tests.conftest import _HAS_CONTROL_SOCKET, ROOT, GunicornServer, wait_for
+from tests.wire import CleanClose, http_request, read_response, request_bytes
 
 APP = "tests.apps.drop_in_apps:lifespan_app"
 
@@ -72,7 +66,7 @@ def test_every_access_log_format_atom(access_server):
         s.sendall(request_bytes("/log/some%20path?a=1&b=two&size=17&status=201", headers=[
             ("Referer", "http://ref.example/page"), ("User-Agent", "dropin-agent/1.0"),
             ("Authorization", "Basic " + auth), ("X-Req", "req-value-7")]))
-        response = read_response(s)
+        response = read_response(s, timeout=None)[0]
     assert response.status == 201 and response.body == b"x" * 17
     f = access_line(access_log, "/log/some%20path")
     assert f["h"] == "127.0.0.1"
@@ -183,7 +177,7 @@ def test_unix_socket_scope(misc_server):
         s.settimeout(10)
         s.connect(str(sock_path))
         s.sendall(request_bytes("/info/unix", close=True))
-        info = read_response(s).json()
+        info = read_response(s, timeout=None)[0].json()
     assert info["server"] == [str(sock_path), None]
     assert info["client"] is None
     assert info["scheme"] == "http"
@@ -230,12 +224,12 @@ def test_worker_connections_answers_503_over_the_limit(limited_server):
     try:
         for s in (a, b):
             s.sendall(request_bytes("/pid"))
-            assert read_response(s).status == 200
+            assert read_response(s, timeout=None)[0].status == 200
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as c:
             c.sendall(request_bytes("/pid"))
-            response = read_response(c)
+            response = read_response(c, timeout=None)[0]
             assert response.status == 503, response
-            assert response.headers.get("connection") == "close"
+            assert response.get(b"connection") == b"close"
             try:
                 assert c.recv(1) == b""
             except ConnectionResetError:
@@ -243,7 +237,7 @@ def test_worker_connections_answers_503_over_the_limit(limited_server):
         # The two connections are still served.
         for s in (a, b):
             s.sendall(request_bytes("/pid"))
-            assert read_response(s).status == 200
+            assert read_response(s, timeout=None)[0].status == 200
         a.close()
 
         def served() -> bool:

@@ -10,49 +10,24 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import pytest
 
-from tests.apps.drop_in_apps import (
-    RECORD_ENV,
-    CleanClose,
-    HttpResponse,
-    http_request,
-    names,
-    read_events,
-    read_response,
-    reloadable_source,
-    request_bytes,
-)
+from tests.apps.drop_in_apps import RECORD_ENV, names, read_events, reloadable_source
 from tests.conftest import GunicornServer, wait_for
+from tests.wire import CleanClose, Response, http_request, read_response, read_to_close, request_bytes
 
 APP = "tests.apps.drop_in_apps:lifespan_app"
 
 
 
 
-def try_get(server: GunicornServer, path: str) -> Optional[HttpResponse]:
+def try_get(server: GunicornServer, path: str) -> Optional[Response]:
     try:
         return http_request(server.port, path, timeout=5)
     except (OSError, CleanClose):
         return None
-
-
-def recv_until_closed(sock: socket.socket, timeout: float) -> Tuple[bytes, str]:
-    """Everything until the peer closes: (data, 'eof' | 'reset' | 'timeout')."""
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return data, "eof"
-            data += chunk
-    except socket.timeout:
-        return data, "timeout"
-    except ConnectionResetError:
-        return data, "reset"
 
 
 # -- SIGTERM ----------------------------------------------------------------------------------------
@@ -65,11 +40,11 @@ def test_sigterm_drains_gracefully(gunicorn, tmp_path):
     # An idle keep-alive connection.
     idle = connect()
     idle.sendall(request_bytes("/pid"))
-    assert read_response(idle).status == 200
+    assert read_response(idle, timeout=None)[0].status == 200
     # A kept-alive connection on which the next request's head has only partly arrived.
     late = connect()
     late.sendall(request_bytes("/pid"))
-    assert read_response(late).status == 200
+    assert read_response(late, timeout=None)[0].status == 200
     late.sendall(b"GET /state HTTP/1.1\r\nHost: t\r\n")
     # A request in flight on a keep-alive connection.
     busy = connect()
@@ -82,7 +57,7 @@ def test_sigterm_drains_gracefully(gunicorn, tmp_path):
         t0 = time.monotonic()
 
         # Idle keep-alive connections are closed at once.
-        data, how = recv_until_closed(idle, 5)
+        data, how = read_to_close(idle, 5)
         idle_closed = time.monotonic() - t0
         assert (data, how) == (b"", "eof"), (data, how)
         assert idle_closed < 1.0, "idle keep-alive connection closed only after %.2fs" % idle_closed
@@ -92,23 +67,23 @@ def test_sigterm_drains_gracefully(gunicorn, tmp_path):
             try:
                 with socket.create_connection(("127.0.0.1", server.port), timeout=1) as s:
                     s.sendall(request_bytes("/pid", close=True))
-                    return recv_until_closed(s, 2)[0] == b""
+                    return read_to_close(s, 2)[0] == b""
             except OSError:
                 return True
         assert wait_for(refused, 2), "still accepting connections after SIGTERM"
 
         # The rest of the half-received request is answered, with Connection: close.
         late.sendall(b"\r\n")
-        response = read_response(late)
+        response = read_response(late, timeout=None)[0]
         assert response.status == 200, response
-        assert response.headers.get("connection") == "close", response
-        assert recv_until_closed(late, 5) == (b"", "eof")
+        assert response.get(b"connection") == b"close", response
+        assert read_to_close(late, 5) == (b"", "eof")
 
         # The in-flight request finishes, told that the connection closes after it.
-        response = read_response(busy)
+        response = read_response(busy, timeout=None)[0]
         assert response.status == 200 and response.body == b"slow done inflight", response
-        assert response.headers.get("connection") == "close", response
-        assert recv_until_closed(busy, 5) == (b"", "eof")
+        assert response.get(b"connection") == b"close", response
+        assert read_to_close(busy, 5) == (b"", "eof")
 
         assert server.wait_exit(15) == 0, server.log()[-3000:]
         # Done as soon as the last connection was: graceful_timeout is a bound, not a wait.
@@ -133,7 +108,7 @@ def test_sigterm_cuts_streams_at_graceful_timeout_then_runs_shutdown(gunicorn, t
         assert wait_for(lambda: "stream-start sse" in names(read_events(rec)), 10)
         server.signal(signal.SIGTERM)
         t0 = time.monotonic()
-        data, how = recv_until_closed(stream, 10)
+        data, how = read_to_close(stream, 10)
         stream_cut = time.monotonic() - t0
     assert how in ("eof", "reset"), how
     assert data.count(b"tick ") > 10, data[-200:]
@@ -183,7 +158,7 @@ def test_a_stream_waiting_on_receive_for_its_disconnect(gunicorn, tmp_path):
         assert wait_for(lambda: "stream-start w2" in names(read_events(rec)), 5)
         server.signal(signal.SIGTERM)
         t0 = time.monotonic()
-        _, how = recv_until_closed(watch, 6)
+        _, how = read_to_close(watch, 6)
         assert how in ("eof", "reset") and 1.4 <= time.monotonic() - t0 <= 3.5, how
     assert server.wait_exit(10) == 0
     assert "stream-disconnect w2" in names(read_events(rec))
@@ -198,7 +173,7 @@ def test_sigint_and_sigquit_exit_quickly(gunicorn, tmp_path, sig):
         assert wait_for(lambda: "slow-start cut" in names(read_events(rec)), 10)
         server.signal(sig)
         t0 = time.monotonic()
-        data, how = recv_until_closed(s, 8)
+        data, how = read_to_close(s, 8)
         # The request is abandoned at once, not drained for graceful_timeout.
         assert data == b"" and how in ("eof", "reset"), (data, how)
         assert time.monotonic() - t0 < 3.0
@@ -247,7 +222,7 @@ def test_sigusr1_reopens_log_files(tmp_path):
         # The worker's error log is reopened too: its next line goes to the new file.
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
             s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
-            recv_until_closed(s, 5)
+            read_to_close(s, 5)
         assert wait_for(lambda: "Invalid request" in error_log.read_text(), 5), error_log.read_text()
         assert "Invalid request" not in (tmp_path / "error.log.1").read_text()
         server.signal(signal.SIGTERM)
@@ -292,7 +267,7 @@ class LoadClient(threading.Thread):
                                                    close=not self.keepalive))
                     except (BrokenPipeError, ConnectionResetError) as exc:
                         raise CleanClose("closed before the request was sent: %r" % exc) from None
-                    response = read_response(conn)
+                    response = read_response(conn, timeout=None)[0]
                 except CleanClose as exc:
                     conn.close()  # type: ignore[union-attr]
                     conn = None
@@ -312,8 +287,8 @@ class LoadClient(threading.Thread):
                     self.failures.append("request %d: %r" % (n, response))
                 else:
                     self.answered += 1
-                    self.pids[response.headers.get("x-pid", "?")] += 1
-                if not self.keepalive or response.headers.get("connection") == "close":
+                    self.pids[(response.get(b"x-pid") or b"?").decode()] += 1
+                if not self.keepalive or response.get(b"connection") == b"close":
                     conn.close()
                     conn = None
                 break
@@ -432,7 +407,7 @@ def test_reload_serves_a_syntax_error_as_500_until_fixed(gunicorn, tmp_path):
     time.sleep(0.1)
     module.write_text(reloadable_source("broken") + "\ndef oops(:\n    pass\n")
 
-    def broken() -> Optional[HttpResponse]:
+    def broken() -> Optional[Response]:
         r = try_get(server, "/")
         return r if r is not None and r.status == 500 else None
 
@@ -455,7 +430,7 @@ def test_busy_worker_is_not_killed_by_timeout(gunicorn, tmp_path):
     rec = tmp_path / "events"
     server = gunicorn(APP, "--timeout", "2", env={RECORD_ENV: str(rec)})
     [pid] = server.worker_pids()
-    results: List[HttpResponse] = []
+    results: List[Response] = []
     threads = [threading.Thread(target=lambda i=i: results.append(
         http_request(server.port, "/slow?seconds=5&tag=busy%d" % i, timeout=20))) for i in range(4)]
     for t in threads:

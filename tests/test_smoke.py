@@ -1,6 +1,7 @@
 import httpx
 
-from tests.conftest import ROOT, raw_request
+from tests.conftest import ROOT
+from tests.wire import raw_request
 
 
 def test_hello_consumer_over_real_gunicorn(gunicorn):

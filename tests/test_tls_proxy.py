@@ -12,8 +12,8 @@ from typing import Dict, Optional
 
 import pytest
 
-from tests.apps.drop_in_apps import HttpResponse, http_request, read_response, request_bytes
 from tests.conftest import GunicornServer
+from tests.wire import Response, http_request, read_response, request_bytes
 
 APP = "tests.apps.drop_in_apps:lifespan_app"
 
@@ -64,11 +64,11 @@ def client_context(certs: Path, with_cert: bool) -> ssl.SSLContext:
     return context
 
 
-def https_get(port: int, path: str, context: ssl.SSLContext, headers=()) -> HttpResponse:
+def https_get(port: int, path: str, context: ssl.SSLContext, headers=()) -> Response:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
             s.sendall(request_bytes(path, headers=headers, close=True))
-            return read_response(s)
+            return read_response(s, timeout=None)[0]
 
 
 class TLSServer(GunicornServer):
@@ -234,7 +234,7 @@ def raw_exchange(server: GunicornServer, prefix: bytes, requests: int = 1) -> li
         s.sendall(prefix)
         for n in range(requests):
             s.sendall(request_bytes("/info", close=n == requests - 1))
-            responses.append(read_response(s))
+            responses.append(read_response(s, timeout=None)[0])
     return responses
 
 
@@ -272,9 +272,9 @@ def test_proxy_protocol_is_optional_and_unknown_keeps_the_socket_addresses(proxi
 def test_proxy_protocol_refusals(proxies, name, prefix, status):
     with socket.create_connection(("127.0.0.1", proxies[name].port), timeout=10) as s:
         s.sendall(prefix + request_bytes("/info"))
-        response = read_response(s)
+        response = read_response(s, timeout=None)[0]
         assert response.status == status, response
-        assert response.headers.get("connection") == "close"
+        assert response.get(b"connection") == b"close"
 
 
 def test_proxy_protocol_peer_not_allowed_still_serves_plain_requests(proxies):

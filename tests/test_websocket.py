@@ -37,7 +37,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.sync.client import connect
 
-from tests.conftest import BootedServers, GunicornServer, raw_request
+from tests.conftest import BootedServers, GunicornServer
+from tests.wire import parse_head, raw_request, read_response, read_until
 
 APP = "tests.apps.ws_apps:app"
 MIB = 1 << 20
@@ -111,25 +112,11 @@ class RawWebSocket:
                           b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
                           b"%s\r\n" % (path.encode(), port, self.key, extra))
         if first:
-            self.before = self.read_http_response()
-        head = self._read_until(b"\r\n\r\n", timeout)
-        lines = head.decode("latin-1").split("\r\n")
-        self.status_line = lines[0]
-        self.headers = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                self.headers[name.strip().lower()] = value.strip()
-        assert self.status_line.startswith("HTTP/1.1 101 "), head
-        assert self.headers["sec-websocket-accept"].encode() == accept_value(self.key), head
-
-    def read_http_response(self) -> bytes:
-        head = self._read_until(b"\r\n\r\n", 5)
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        return head + self._read_exact(length, 5)
+            self.before, self.buffer = read_response(self.sock, timeout=timeout)
+        # The frames that follow the 101 stay in the buffer.
+        self.handshake, self.buffer = read_response(self.sock, timeout=timeout, buffered=self.buffer)
+        assert self.handshake.raw.startswith(b"HTTP/1.1 101 "), self.handshake.raw
+        assert self.handshake.get(b"sec-websocket-accept") == accept_value(self.key), self.handshake.raw
 
     def _fill(self, timeout: float) -> bool:
         self.sock.settimeout(timeout)
@@ -207,16 +194,6 @@ class RawWebSocket:
 def handshake(port: int, headers: bytes, path: bytes = b"/echo") -> bytes:
     """Send one upgrade request with exactly these header lines; all the server answered."""
     return raw_request(port, b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n" % (path, headers), timeout=3)
-
-
-def status_and_headers(response: bytes) -> Tuple[int, Dict[str, str], bytes]:
-    head, _, body = response.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers, body
 
 
 def token() -> str:
@@ -395,7 +372,7 @@ def test_app_returning_without_accepting_is_500_after_accepting_closes(main):
 def test_upgrade_after_a_keepalive_request_and_frames_with_the_handshake(main):
     # An HTTP request first, then the upgrade on the same connection, pipelined in one write.
     raw = RawWebSocket(main.port, "/echo", first=b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert raw.before.startswith(b"HTTP/1.1 200 ") and raw.before.endswith(b"websocket test app")
+    assert raw.before.raw.startswith(b"HTTP/1.1 200 ") and raw.before.body.endswith(b"websocket test app")
     raw.send_frame(Opcode.TEXT, b"after http")
     assert raw.recv_frame().data == b"after http"
     raw.close()
@@ -427,10 +404,9 @@ KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
 def test_bad_or_missing_version_426(main, version):
     t = token()
     line = b"" if version is None else b"Sec-WebSocket-Version: %s\r\n" % version
-    status, headers, body = status_and_headers(handshake(main.port, UPGRADE + KEY + line,
-                                                         b"/echo?token=" + t.encode()))
-    assert status == 426, (status, headers, body)
-    assert headers["sec-websocket-version"] == "13"
+    response, _ = parse_head(handshake(main.port, UPGRADE + KEY + line, b"/echo?token=" + t.encode()))
+    assert response.status == 426, response
+    assert response.get(b"sec-websocket-version") == b"13"
     assert report(main, t, timeout=0.3) is None  # the app never ran
 
 
@@ -439,24 +415,19 @@ def test_bad_or_missing_version_426(main, version):
 def test_missing_or_invalid_key_400(main, key):
     t = token()
     line = b"" if key is None else b"Sec-WebSocket-Key: %s\r\n" % key
-    status, headers, body = status_and_headers(
+    response, _ = parse_head(
         handshake(main.port, UPGRADE + line + b"Sec-WebSocket-Version: 13\r\n", b"/echo?token=" + t.encode()))
-    assert status == 400, (status, headers, body)
+    assert response.status == 400, response
     assert report(main, t, timeout=0.3) is None
 
 
 def test_valid_raw_handshake_101(main):
     with socket.create_connection(("127.0.0.1", main.port), timeout=5) as sock:
         sock.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n" + UPGRADE + KEY + b"Sec-WebSocket-Version: 13\r\n\r\n")
-        response = b""
-        while b"\r\n\r\n" not in response:
-            chunk = sock.recv(4096)
-            assert chunk, response
-            response += chunk
-    status, headers, _ = status_and_headers(response)
-    assert status == 101
-    assert headers["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455's example
-    assert headers["upgrade"].lower() == "websocket"
+        response, _ = parse_head(read_until(sock, b"\r\n\r\n"))
+    assert response.status == 101
+    assert response.get(b"sec-websocket-accept") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455's example
+    assert response.get(b"upgrade").lower() == b"websocket"
 
 
 # -- framing: fragmentation, control frames, UTF-8 ---------------------------------------------------
@@ -580,7 +551,7 @@ def test_max_size_with_deflate_fragmented_message_under_the_limit(tuned, pieces)
         pieces = [os.urandom(600), os.urandom(399)]
     raw = RawWebSocket(tuned.port, "/sizes",
                        b"Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n")
-    assert "permessage-deflate" in raw.headers["sec-websocket-extensions"]
+    assert b"permessage-deflate" in raw.handshake.get(b"sec-websocket-extensions")
     raw.sock.sendall(deflate_frames(pieces))
     frame = raw.recv_frame()
     raw.close()
@@ -644,7 +615,7 @@ def test_permessage_deflate_on(tuned):
         assert ws.recv(timeout=5) == "plain"
     # On the wire: the server's frame is compressed (RSV1 set, far smaller than the message).
     raw = RawWebSocket(tuned.port, "/echo", b"Sec-WebSocket-Extensions: permessage-deflate\r\n")
-    assert "permessage-deflate" in raw.headers["sec-websocket-extensions"]
+    assert b"permessage-deflate" in raw.handshake.get(b"sec-websocket-extensions")
     raw.send_frame(Opcode.TEXT, b"a" * 900)  # RSV1 clear: an uncompressed message is allowed
     frame = raw.recv_frame()
     assert frame.opcode == Opcode.TEXT.value and frame.rsv1 and len(frame.data) < 100, frame

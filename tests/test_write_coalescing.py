@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asgiworker.http import FLUSH_SIZE
-from tests.apps.conformance_apps import connect, parse_one, read_response
 from tests.apps.stream_apps import part
 from tests.conftest import GunicornServer
 from tests.protocol_harness import Harness
+from tests.wire import connect, parse_one, read_response
 
 APP = "tests.apps.stream_apps:app"
 
