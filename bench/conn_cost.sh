@@ -7,6 +7,8 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="$HERE/.venv/bin/python"
+# Dict layouts follow the hash seed: fixed, the same code counts the same instructions each run.
+export PYTHONHASHSEED=0
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 count() {
     local n=$1; shift
