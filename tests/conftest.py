@@ -87,6 +87,10 @@ class GunicornServer:
             time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not become ready in {timeout}s:\n{self.log()}")
 
+    def ws_url(self, path: str) -> str:
+        """The WebSocket URL of ``path`` on this server."""
+        return f"ws://{self.host}:{self.port}{path}"
+
     def log(self) -> str:
         return Path(self._logfile.name).read_text(errors="replace")
 

@@ -48,17 +48,13 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # -- helpers shared with the other WebSocket test modules ---------------------------------------
 
 
-def ws_url(server: GunicornServer, path: str) -> str:
-    return f"ws://127.0.0.1:{server.port}{path}"
-
-
 def ws_connect(server: GunicornServer, path: str, **kwargs):
     """The websockets client, never through a proxy from the environment; no client pings."""
     kwargs.setdefault("proxy", None)
     kwargs.setdefault("ping_interval", None)
     kwargs.setdefault("open_timeout", 5)
     kwargs.setdefault("close_timeout", 5)
-    return connect(ws_url(server, path), **kwargs)
+    return connect(server.ws_url(path), **kwargs)
 
 
 def report(server: GunicornServer, token: str, want: Optional[str] = None, timeout: float = 5.0):

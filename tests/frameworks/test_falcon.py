@@ -12,7 +12,6 @@ import pytest
 from websockets.exceptions import InvalidHandshake
 from websockets.sync.client import connect
 
-from tests.conftest import GunicornServer
 from tests.frameworks.conftest import Pair
 
 APP = "tests.frameworks.apps.falcon_app:app"
@@ -23,10 +22,6 @@ KV_TYPE = "application/x-kv"
 def pair():
     with Pair(APP) as p:
         yield p
-
-
-def _ws_url(server: GunicornServer, path: str) -> str:
-    return f"ws://{server.host}:{server.port}{path}"
 
 
 def test_lifespan_middleware_and_responder_in_a_task(pair):
@@ -114,7 +109,7 @@ def test_async_generator_stream(pair):
 
 def test_websocket_echo_text(pair):
     def check(server):
-        with connect(_ws_url(server, "/ws"), open_timeout=5) as ws:
+        with connect(server.ws_url("/ws"), open_timeout=5) as ws:
             for text in ["abc", "\u00e9\u00e8", "q" * 70000]:
                 ws.send(text)
                 assert ws.recv(timeout=5) == text[::-1]
@@ -123,7 +118,7 @@ def test_websocket_echo_text(pair):
 
 def test_websocket_echo_binary(pair):
     def check(server):
-        with connect(_ws_url(server, "/ws?mode=binary"), open_timeout=5) as ws:
+        with connect(server.ws_url("/ws?mode=binary"), open_timeout=5) as ws:
             ws.send(b"\x00\xff")
             assert ws.recv(timeout=5) == b"\x00\xff\x00\xff"
     pair.check(check)
@@ -132,7 +127,7 @@ def test_websocket_echo_binary(pair):
 def test_websocket_refused_before_accept_is_403(pair):
     """A responder that never accepts: the handshake is answered with HTTP 403, not upgraded."""
     def check(server):
-        with pytest.raises(InvalidHandshake) as refused, connect(_ws_url(server, "/ws/refuse"), open_timeout=5):
+        with pytest.raises(InvalidHandshake) as refused, connect(server.ws_url("/ws/refuse"), open_timeout=5):
             pass
         exc = refused.value
         # websockets >= 14: InvalidStatus(.response.status_code); older: InvalidStatusCode(.status_code)

@@ -18,7 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.conftest import GunicornServer, wait_for
+from tests.conftest import wait_for
 from tests.frameworks.apps.litestar_app import BACKGROUND_DELAY, SHUTDOWN_MARKER
 from tests.frameworks.conftest import Pair
 
@@ -29,10 +29,6 @@ APP = "tests.frameworks.apps.litestar_app:app"
 def pair():
     with Pair(APP) as p:
         yield p
-
-
-def _ws_url(server: GunicornServer, path: str) -> str:
-    return f"ws://{server.host}:{server.port}{path}"
 
 
 # -- lifespan and threads -------------------------------------------------------------------------
@@ -192,7 +188,7 @@ def test_sync_background_task_runs_in_a_thread_after_the_response(pair):
 
 def test_websocket_listener_echo(pair):
     def check(server):
-        with connect(_ws_url(server, "/ws/listener"), open_timeout=5) as ws:
+        with connect(server.ws_url("/ws/listener"), open_timeout=5) as ws:
             for text in ["hello", "", "\u00e9t\u00e9", "x" * 70000]:
                 ws.send(text)
                 assert ws.recv(timeout=5) == f"echo:{text}"
@@ -201,7 +197,7 @@ def test_websocket_listener_echo(pair):
 
 def test_websocket_handler_text_bytes_and_close_code(pair):
     def check(server):
-        with connect(_ws_url(server, "/ws/raw"), open_timeout=5) as ws:
+        with connect(server.ws_url("/ws/raw"), open_timeout=5) as ws:
             ws.send("shout")
             assert ws.recv(timeout=5) == "SHOUT"
             ws.send(b"\x00\x01\x02abc")

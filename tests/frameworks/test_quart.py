@@ -13,7 +13,6 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.conftest import GunicornServer
 from tests.frameworks.apps.quart_app import SHUTDOWN_MARKER
 from tests.frameworks.conftest import Pair
 
@@ -24,10 +23,6 @@ APP = "tests.frameworks.apps.quart_app:app"
 def pair():
     with Pair(APP) as p:
         yield p
-
-
-def _ws_url(server: GunicornServer, path: str) -> str:
-    return f"ws://{server.host}:{server.port}{path}"
 
 
 def test_before_serving_ran_before_the_first_request(pair):
@@ -119,7 +114,7 @@ def test_unknown_route_and_wrong_method(pair):
 
 def test_websocket_echo(pair):
     def check(server):
-        with connect(_ws_url(server, "/ws"), open_timeout=5) as ws:
+        with connect(server.ws_url("/ws"), open_timeout=5) as ws:
             for text in ["hi", "\u263a smile", "y" * 70000]:
                 ws.send(text)
                 assert ws.recv(timeout=5) == text.upper()
@@ -131,7 +126,7 @@ def test_websocket_echo(pair):
 def test_websocket_route_that_returns_closes_normally(pair):
     """Path parameter and query string reach the handler; its return closes the socket with 1000."""
     def check(server):
-        with connect(_ws_url(server, "/ws/path/ada?q=lovelace"), open_timeout=5) as ws:
+        with connect(server.ws_url("/ws/path/ada?q=lovelace"), open_timeout=5) as ws:
             assert ws.recv(timeout=5) == "hello ada lovelace"
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=5)

@@ -305,7 +305,7 @@ def test_server_sent_events_arrive_one_by_one(pair: Pair) -> None:
 def test_websocket_echo(pair: Pair) -> None:
     """Text, bytes and JSON echoed; ``bye`` makes the app close with its own code and reason."""
     def check(server: GunicornServer) -> None:
-        with connect(f"ws://{server.host}:{server.port}/ws", open_timeout=TIMEOUT, close_timeout=TIMEOUT) as ws:
+        with connect(server.ws_url("/ws"), open_timeout=TIMEOUT, close_timeout=TIMEOUT) as ws:
             ws.send("hello")
             assert ws.recv(timeout=TIMEOUT) == "echo: hello"
             ws.send(b"\x00\xff")
@@ -325,7 +325,7 @@ def test_websocket_echo(pair: Pair) -> None:
 def test_websocket_client_close(pair: Pair) -> None:
     """The client closes first: the app sees the disconnect and returns cleanly (no traceback)."""
     def check(server: GunicornServer) -> None:
-        with connect(f"ws://{server.host}:{server.port}/ws", open_timeout=TIMEOUT, close_timeout=TIMEOUT) as ws:
+        with connect(server.ws_url("/ws"), open_timeout=TIMEOUT, close_timeout=TIMEOUT) as ws:
             ws.send("once")
             assert ws.recv(timeout=TIMEOUT) == "echo: once"
         assert ws.protocol.close_code == 1000  # the close handshake completed normally
