@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from asgiworker.accesslog import access_log_enabled
+from asgiworker.channels.factory import REDIS_SCHEMES, LayerSpec
 from asgiworker.proxy import ProxyPolicy
 from asgiworker.proxy_protocol import mode_from_gunicorn
 from asgiworker.tls import read_server_cert
@@ -27,6 +28,12 @@ WS_MAX_QUEUE_ENV = "ASGIWORKER_WS_MAX_QUEUE"
 WS_PING_INTERVAL_ENV = "ASGIWORKER_WS_PING_INTERVAL"
 WS_PING_TIMEOUT_ENV = "ASGIWORKER_WS_PING_TIMEOUT"
 WS_DEFLATE_ENV = "ASGIWORKER_WS_PER_MESSAGE_DEFLATE"
+CHANNEL_LAYER_ENV = "ASGIWORKER_CHANNEL_LAYER"
+CHANNEL_PREFIX_ENV = "ASGIWORKER_CHANNEL_PREFIX"
+CHANNEL_CAPACITY_ENV = "ASGIWORKER_CHANNEL_CAPACITY"
+CHANNEL_EXPIRY_ENV = "ASGIWORKER_CHANNEL_EXPIRY"
+CHANNEL_GROUP_EXPIRY_ENV = "ASGIWORKER_CHANNEL_GROUP_EXPIRY"
+CHANNEL_MAX_MESSAGE_ENV = "ASGIWORKER_CHANNEL_MAX_MESSAGE_SIZE"
 LIFESPAN_MODES = ("auto", "on", "off")
 _N = TypeVar("_N", int, float)
 
@@ -63,6 +70,7 @@ class Settings:
     ws_ping_timeout: float = 20.0
     ws_per_message_deflate: bool = False
     proxy_protocol_peers: Optional[ProxyPolicy] = None
+    channel_layer: LayerSpec = LayerSpec()
 
     @classmethod
     def from_gunicorn(cls, cfg: Any, environ: Optional[Mapping[str, str]] = None, request_hooks: Any = None) -> "Settings":
@@ -92,7 +100,36 @@ class Settings:
             ws_per_message_deflate=_flag(environ, WS_DEFLATE_ENV, False),
             proxy_protocol_peers=ProxyPolicy(_as_list(getattr(cfg, "proxy_allow_ips", ["127.0.0.1"])), {}),
             request_hooks=request_hooks,
+            channel_layer=layer_spec(environ),
         )
+
+
+def layer_spec(environ: Mapping[str, str]) -> LayerSpec:
+    """The channel layer named by ASGIWORKER_CHANNEL_LAYER (``memory``, the default, or
+    ``redis://host:port/db``; several comma-separated URLs shard the layer) and its options."""
+    raw = (environ.get(CHANNEL_LAYER_ENV) or "memory").strip()
+    options = dict(
+        prefix=environ.get(CHANNEL_PREFIX_ENV, "asgi"),
+        capacity=_positive_int(environ, CHANNEL_CAPACITY_ENV, 100),
+        expiry=_seconds(environ, CHANNEL_EXPIRY_ENV, 60.0),
+        group_expiry=_seconds(environ, CHANNEL_GROUP_EXPIRY_ENV, 86400.0),
+        max_message_size=_positive_int(environ, CHANNEL_MAX_MESSAGE_ENV, 1024 * 1024),
+    )
+    if raw.lower() == "memory":
+        return LayerSpec("memory", (), **options)  # type: ignore[arg-type]  # checked above
+    urls = tuple(url.strip() for url in raw.split(",") if url.strip())
+    for url in urls:
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in REDIS_SCHEMES:
+            raise ConfigurationError(
+                f"{CHANNEL_LAYER_ENV}={raw!r}: {url!r} is neither 'memory' nor a Redis URL; set it to "
+                "memory or to redis://host:port/db (rediss:// for TLS, unix:///path.sock)")
+    try:
+        import redis.asyncio  # noqa: F401  # only checking that it is there
+    except ImportError:
+        raise ConfigurationError(f"{CHANNEL_LAYER_ENV} names Redis but redis-py is not installed: "
+                                 "pip install 'asgiworker[redis]'") from None
+    return LayerSpec("redis", urls, **options)  # type: ignore[arg-type]  # checked above
 
 
 def _ws_max_size(cfg: Any, environ: Mapping[str, str]) -> Optional[int]:
