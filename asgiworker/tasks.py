@@ -48,3 +48,18 @@ def start_server_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any,
     if EAGER:
         return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg]  # 3.12+ API
     return loop.create_task(coro)
+
+
+if sys.version_info >= (3, 11):
+
+    def start_soon(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], base: Context) -> "asyncio.Task[Any]":
+        """Run ``coro`` as a Task of ``loop`` in a copy of ``base``, from the loop's next turn
+        (never eagerly: for application calls started from inside another's, e.g. a channel
+        message delivered while its sender's ``await layer.send()`` runs)."""
+        return loop.create_task(coro, context=base.copy())
+
+else:
+
+    def start_soon(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], base: Context) -> "asyncio.Task[Any]":
+        """Run ``coro`` as a Task of ``loop`` in a copy of ``base``, from the loop's next turn."""
+        return base.run(loop.create_task, coro)

@@ -20,7 +20,7 @@ import uvloop
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers import base
 
-from asgiworker import adapters, hooks
+from asgiworker import adapters, channels, hooks
 from asgiworker.config import ConfigurationError, Settings
 from asgiworker.http import HttpConnection, ServerState
 from asgiworker.lifespan import Lifespan, LifespanFailed
@@ -47,6 +47,7 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # Gunicorn ships no type i
         self.state: ServerState = None  # type: ignore[assignment]
         self.settings: Settings = None  # type: ignore[assignment]
         self.asgi: Any = None
+        self.layer: Any = None
         self._stopped: asyncio.Event = None  # type: ignore[assignment]
         self._quick_exit = False
         self._boot_failed = False
@@ -94,11 +95,21 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # Gunicorn ships no type i
                     self.reloader.add_extra_file(exc.filename)
                 self.asgi = adapters.error_app("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
                 return
-            self.asgi = adapters.load(self.wsgi, self.settings.app_kind, loop=self.loop)
+            self.asgi = adapters.load(self.wsgi, self.settings.app_kind, layer=self._channel_layer())
         except (adapters.AppKindError, ConfigurationError) as exc:
             self.log.error("asgiworker cannot start: %s", exc)
             # WORKER_BOOT_ERROR makes the master halt instead of respawning us forever.
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    def _channel_layer(self) -> channels.ChannelLayer:
+        """This process's channel layer (ASGIWORKER_CHANNEL_LAYER), bound to our loop and
+        installed for get_channel_layer(); it connects when serving starts."""
+        if self.layer is None:
+            self.layer = channels.build(self.settings.channel_layer)
+            self.layer.log = self.log
+            self.layer.bind(self.loop)
+            channels.install(self.layer)
+        return self.layer  # type: ignore[no-any-return]  # built just above
 
     def init_signals(self) -> None:
         for sig in self.SIGNALS:
@@ -169,6 +180,9 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # Gunicorn ships no type i
         self.state = ServerState(self.asgi, self.settings, self.log, loop,
                                  max_requests=self.max_requests if self.max_requests < sys.maxsize else 0,
                                  on_max_requests=self._on_max_requests)
+        layer = self._channel_layer()
+        await layer.start()
+        self.log.info("Channel layer: %s", layer.describe())
         lifespan = Lifespan(self.asgi, self.log, self.settings.lifespan)
         try:
             await lifespan.startup()
@@ -192,6 +206,7 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # Gunicorn ships no type i
         # Gunicorn's master SIGKILLs us graceful_timeout after its SIGTERM: finish before that.
         hard_end = (self._stop_at or loop.time()) + float(self.cfg.graceful_timeout) - 0.1
         await lifespan.shutdown(max(0.1, hard_end - loop.time()), heartbeat=self.notify)
+        await layer.close()
 
     def _ssl_context(self) -> Any:
         if not self.cfg.is_ssl:
@@ -210,6 +225,7 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # Gunicorn ships no type i
             self.notify()
             self.state.tick()
             adapters.tick(self.asgi)
+            self.layer.tick()
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 break

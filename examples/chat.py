@@ -5,27 +5,30 @@
 
 Open http://localhost:8080/ in two tabs and talk. The same ``chat(message)`` function answers the
 HTTP request for the page (``chat.html``) and every event of every WebSocket on ``/ws``:
-'websocket.connect' (join the room), 'websocket.receive' (broadcast the message to everyone in
-the room) and 'websocket.disconnect' (leave it). Broadcasting is just calling ``send()`` on each
-member's reply channel: it is thread-safe and never blocks, the worker delivers the replies.
+'websocket.connect' (join the room), 'websocket.receive' (send the message to everyone in the
+room) and 'websocket.disconnect' (the socket leaves the room by itself).
 
-The room lives in this process: with ``--workers N`` > 1 each worker has a room of its own (use a
-pub/sub service such as Redis between workers for one room across them).
+The room is a group on the worker's channel layer (docs/channel-layer.md). With the default
+in-memory layer it spans one worker process; for one room across workers and hosts, put the
+layer on Redis, nothing else changes:
+
+    gunicorn chat:chat --bind localhost:8080 --worker-class asgiworker.ASGIWorker \\
+        --workers 4 -e ASGIWORKER_CHANNEL_LAYER=redis://localhost:6379/0
 """
 
 from __future__ import annotations
 
 import json
-import threading
+import os
 from pathlib import Path
-from typing import Any, Dict, Set
+from typing import Any, Dict
+
+from asgiworker.channels import Group
 
 PAGE = (Path(__file__).resolve().parent / "chat.html").read_bytes()
 MAX_NAME = 40
 MAX_TEXT = 2000
-
-_room: Set[Any] = set()  # the reply channels of the open sockets
-_room_lock = threading.Lock()
+room = Group("chat")
 
 
 def chat(message: Dict[str, Any]) -> None:
@@ -38,19 +41,19 @@ def chat(message: Dict[str, Any]) -> None:
             reply_channel.send({"close": True})  # refused: the client gets a 403
     elif kind == "websocket.connect":
         reply_channel.send({"accept": True})
-        with _room_lock:
-            _room.add(reply_channel)
-            online = len(_room)
-        _broadcast({"system": f"someone joined ({online} online)"})
+        reply_channel.send(_say({"system": f"connected to worker {os.getpid()}"}))
+        room.add(reply_channel)
+        room.send(_say({"system": "someone joined"}))
     elif kind == "websocket.receive":
         said = _parse(message.get("text"))
         if said is not None:
-            _broadcast(said)
+            room.send(_say(said))
     elif kind == "websocket.disconnect":
-        with _room_lock:
-            _room.discard(reply_channel)
-            online = len(_room)
-        _broadcast({"system": f"someone left ({online} online)"})
+        room.send(_say({"system": "someone left"}))
+
+
+def _say(data: Dict[str, str]) -> Dict[str, str]:
+    return {"text": json.dumps(data)}
 
 
 def _parse(text: Any) -> Any:
@@ -65,18 +68,6 @@ def _parse(text: Any) -> Any:
     if not said.strip():
         return None
     return {"name": name[:MAX_NAME], "text": said[:MAX_TEXT]}
-
-
-def _broadcast(data: Dict[str, str]) -> None:
-    text = json.dumps(data)
-    with _room_lock:
-        members = list(_room)
-    for member in members:
-        try:
-            member.send({"text": text})
-        except OSError:  # that socket has just closed
-            with _room_lock:
-                _room.discard(member)
 
 
 def _serve_page(message: Dict[str, Any]) -> None:

@@ -48,7 +48,7 @@ def test_connect_and_receive_messages(sync):
     assert connect["type"] == "websocket.connect"
     for message in (connect, text, binary):
         assert message["reply_channel"] == "WebSocketReplyChannel"
-        assert message["channel_layer"] == "ChannelLayer"
+        assert message["channel_layer"] == "InMemoryChannelLayer"
         assert message["loop_is_running_loop"] is True
         assert message["path"] == "/info"
         assert message["query_string"] == f"token={t}&a=%20b"

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any, Callable, Dict
 
 from asgiworker.adapters.asgi2 import asgi2_to_asgi3
-from asgiworker.adapters.consumer import ChannelLayer, ConsumerAdapter, ReplyChannel, ResponseAlreadySent
+from asgiworker.adapters.consumer import ConsumerAdapter, ReplyChannel, ResponseAlreadySent, WebSocketReplyChannel
 from asgiworker.adapters.detect import KINDS, AppKindError, ForcedKind, detect_kind
 
 __all__ = [
-    "AppKindError", "ChannelLayer", "ReplyChannel", "ResponseAlreadySent", "KINDS",
+    "AppKindError", "ReplyChannel", "ResponseAlreadySent", "WebSocketReplyChannel", "KINDS",
     "asgi2", "asgi3", "consumer", "detect_kind", "error_app", "load", "tick",
 ]
 
@@ -35,12 +35,13 @@ def asgi3(fn: Callable[..., Any]) -> ForcedKind:
     return ForcedKind(fn, "asgi3")
 
 
-def load(app: Any, kind: str = "auto", loop: Any = None) -> Callable[..., Any]:
+def load(app: Any, kind: str = "auto", layer: Any = None) -> Callable[..., Any]:
     """Return the ASGI 3 callable that serves ``app``.
 
     ``kind`` is ``auto`` or one of ``KINDS``; a wrapper applied in code wins over it, since
     whoever wrapped the app knew best. Raises ``AppKindError`` with the fix when undecidable.
-    ``loop``: the one event loop the callable will ever run on, if the server knows it.
+    ``layer``: the server's channel layer (``asgiworker.channels``), for consumers; without it
+    a consumer gets the process's (``get_channel_layer()``).
     """
     if isinstance(app, ForcedKind):
         kind, app = app.kind, app.app
@@ -54,7 +55,7 @@ def load(app: Any, kind: str = "auto", loop: Any = None) -> Callable[..., Any]:
         return app  # type: ignore[no-any-return]  # any callable: its kind was decided above
     if kind == "asgi2":
         return asgi2_to_asgi3(app)
-    return ConsumerAdapter(app, loop)
+    return ConsumerAdapter(app, layer)
 
 
 def error_app(text: str) -> Callable[..., Any]:

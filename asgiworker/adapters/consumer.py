@@ -8,18 +8,31 @@ the replies to the ASGI ``send`` in order, waiting for the socket to drain when 
 A consumer that drops its message without finishing the response is noticed when its
 ``ReplyChannel`` is garbage-collected: the client then gets a 500 (or, if the response had
 started, the connection is closed) instead of waiting forever.
+
+A reply channel gets a **name** on the channel layer the first time its ``.name`` is read
+(``channel_layer.py`` in asgiworker.channels; see ``_Endpoint``): from then on any process on the
+layer can send to it. A reply arriving that way goes to the socket; a message with another
+``type`` is an *event*, handed to the consumer like any other message, in a Task of its own,
+never at the same time as another call of the consumer for the same socket (``_take_turn``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
+import logging
 import threading
 import time
 from collections import deque
 from inspect import isawaitable
 from threading import get_ident
 from typing import Any, Callable, Deque, Dict, Optional
+
+from asgiworker.channels import ChannelLayer, get_channel_layer
+from asgiworker.tasks import start_soon
+
+log = logging.getLogger("asgiworker.consumer")
 
 # An ASGI extension of asgiworker's HTTP layer (named here too: adapters do not import it).
 RESPONSE_COMPLETE = "asgiworker.http.response.complete"
@@ -45,26 +58,18 @@ class ConsumerDidNotReply(RuntimeError):
     """The consumer let go of its reply channel without ending the response."""
 
 
-class ChannelLayer:
-    """``message['channel_layer']``: gives consumers the worker's running event loop."""
-
-    __slots__ = ("loop",)
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-
-    def __repr__(self) -> str:
-        return f"<ChannelLayer loop={self.loop!r}>"
-
-
 class _Outbox:
     """Replies on their way from the consumer (any thread) to the request's task (the loop)."""
 
     __slots__ = ("loop", "thread_id", "queue", "waiter", "started", "finished", "failure",
-                 "abandoned", "disconnect", "next_gc", "gc_interval", "whole", "reaped")
+                 "abandoned", "disconnect", "next_gc", "gc_interval", "whole", "reaped",
+                 "layer", "name", "adapter", "base", "context", "busy", "turn_waiters",
+                 "events_waiting", "event_error", "receive", "watcher", "websocket", "ended")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, whole: bool = False,
-                 reaped: "Optional[set[_Outbox]]" = None) -> None:
+                 reaped: "Optional[set[_Outbox]]" = None, layer: Optional[ChannelLayer] = None,
+                 adapter: "Optional[ConsumerAdapter]" = None, base: Optional[Dict[str, Any]] = None,
+                 websocket: bool = False) -> None:
         self.loop = loop
         # Where the outbox waits to be checked for abandonment (ConsumerAdapter.reap_abandoned).
         self.reaped = reaped
@@ -81,6 +86,21 @@ class _Outbox:
         self.disconnect: Optional[OSError] = None
         self.next_gc = 0.0
         self.gc_interval = 1.0
+        # The channel layer's side (see _Endpoint): the name once it has one, the consumer to
+        # hand events to, the keys every event message carries, whose turn it is to run.
+        self.layer = layer
+        self.name: Optional[str] = None
+        self.adapter = adapter
+        self.base = base
+        self.websocket = websocket
+        self.context: Optional[contextvars.Context] = None
+        self.busy = False
+        self.turn_waiters: Deque[asyncio.Future[None]] = deque()
+        self.events_waiting = 0
+        self.event_error: Optional[BaseException] = None
+        self.receive: Optional[Callable[..., Any]] = None
+        self.watcher: Optional[asyncio.Task[None]] = None
+        self.ended = False
 
     def wake(self) -> None:
         if threading.get_ident() == self.thread_id:
@@ -114,9 +134,49 @@ class _Outbox:
             reaped.add(self)
         self.waiter = self.loop.create_future()
         # Re-check after arming the waiter: another thread may have replied just before.
-        if not (self.queue or self.finished or self.abandoned):
+        if not (self.queue or self.finished or self.abandoned or self.event_error is not None
+                or (self.name is not None and self.disconnect is not None)):
             await self.waiter
         self.waiter = None
+
+    # -- the channel layer's side -------------------------------------------------------------------
+
+    def attach(self) -> str:
+        """Give this reply channel its name on the layer (the first time ``.name`` is read)."""
+        with _REPLY_LOCK:
+            if self.name is None:
+                assert self.layer is not None
+                self.context = contextvars.copy_context()
+                self.name = self.layer.attach(_Endpoint(self))
+                if not self.websocket and self.receive is not None and not self.finished:
+                    # A named HTTP response may be answered from anywhere, for as long as the
+                    # client stays: watch for it leaving (the body has been read already).
+                    self.loop.call_soon_threadsafe(self._watch_disconnect)
+        return self.name
+
+    def _watch_disconnect(self) -> None:
+        if self.watcher is None and not self.ended:
+            self.watcher = self.loop.create_task(self._wait_for_disconnect())
+
+    async def _wait_for_disconnect(self) -> None:
+        assert self.receive is not None
+        while True:
+            event = await self.receive()
+            if event.get("type") == "http.disconnect":
+                break
+        with _REPLY_LOCK:
+            if self.disconnect is None:
+                self.disconnect = ConnectionResetError("the client has gone away")
+        self._wake_in_loop()
+
+    def detach(self) -> None:
+        """The socket or response is done: its name and group memberships go with it."""
+        self.ended = True
+        if self.name is not None and self.layer is not None:
+            self.layer.detach(self.name)
+        watcher = self.watcher
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
 
 
 class ReplyChannel:
@@ -131,40 +191,136 @@ class ReplyChannel:
         """Queue one reply. The first carries ``status`` (and optional ``headers``, ``content``,
         ``more_content``); later ones carry ``content`` and ``more_content``. The response ends
         with the first reply whose ``more_content`` is false or absent."""
+        _queue_http_reply(self._outbox, message, strict=True)
+
+    @property
+    def name(self) -> str:
+        """This reply channel's name on the channel layer: ``layer.send(name, reply)`` from any
+        process on the layer answers (or streams more of) this response."""
         outbox = self._outbox
-        with _REPLY_LOCK:
-            if outbox.disconnect is not None:
-                raise type(outbox.disconnect)(*outbox.disconnect.args)
-            if outbox.finished:
-                raise ResponseAlreadySent(
-                    "This response has already ended (a reply without more_content=True was sent)"
-                    if outbox.failure is None else f"This response was abandoned after an invalid reply: {outbox.failure}"
-                )
-            try:
-                messages = _to_asgi(message, not outbox.started, outbox.whole)
-            except InvalidReply as exc:
+        return outbox.name if outbox.name is not None else outbox.attach()
+
+    def __del__(self) -> None:
+        outbox = self._outbox
+        # A named response can still be answered through the layer: it is not abandoned.
+        if not outbox.finished and outbox.name is None:
+            outbox.abandoned = True
+            outbox.wake()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ReplyChannel) and other._outbox is self._outbox
+
+    def __hash__(self) -> int:
+        return id(self._outbox)
+
+    def __repr__(self) -> str:
+        return f"<ReplyChannel started={self._outbox.started} finished={self._outbox.finished}>"
+
+
+def _queue_http_reply(outbox: _Outbox, message: Any, strict: bool) -> None:
+    """Queue one HTTP reply. ``strict`` (the consumer's own ``send()``): an invalid reply ends the
+    response and raises. Otherwise (a reply from the channel layer, whose sender is out of
+    reach) it only raises, leaving the response as it was."""
+    with _REPLY_LOCK:
+        if outbox.disconnect is not None:
+            raise type(outbox.disconnect)(*outbox.disconnect.args)
+        if outbox.finished:
+            raise ResponseAlreadySent(
+                "This response has already ended (a reply without more_content=True was sent)"
+                if outbox.failure is None else f"This response was abandoned after an invalid reply: {outbox.failure}"
+            )
+        try:
+            messages = _to_asgi(message, not outbox.started, outbox.whole)
+        except InvalidReply as exc:
+            if strict:
                 # Whatever the consumer does next, this response cannot be completed properly.
                 outbox.failure = str(exc)
                 outbox.finished = True
                 outbox.wake()
-                raise
-            outbox.started = True
-            outbox.queue.extend(messages)
-            # Set after queueing: the forwarder reads `finished` first, then drains the queue.
-            outbox.finished = not messages[-1].get("more_body", False)
-        # On the loop's thread with nobody waiting yet (a consumer answering at once), the
-        # request's task will find the reply by itself; a waiting task or another thread wakes it.
-        if outbox.waiter is not None or get_ident() != outbox.thread_id:
-            outbox.wake()
+            raise
+        outbox.started = True
+        outbox.queue.extend(messages)
+        # Set after queueing: the forwarder reads `finished` first, then drains the queue.
+        outbox.finished = not messages[-1].get("more_body", False)
+    # On the loop's thread with nobody waiting yet (a consumer answering at once), the
+    # request's task will find the reply by itself; a waiting task or another thread wakes it.
+    if outbox.waiter is not None or get_ident() != outbox.thread_id:
+        outbox.wake()
 
-    def __del__(self) -> None:
-        outbox = self._outbox
-        if not outbox.finished:
-            outbox.abandoned = True
-            outbox.wake()
 
-    def __repr__(self) -> str:
-        return f"<ReplyChannel started={self._outbox.started} finished={self._outbox.finished}>"
+class _Endpoint:
+    """A named reply channel as the channel layer sees it: ``deliver()`` takes each message the
+    layer has for it, on the loop's thread. Holds the outbox, never the ReplyChannel (whose
+    garbage collection is how an abandoned response is noticed)."""
+
+    __slots__ = ("outbox",)
+
+    def __init__(self, outbox: _Outbox) -> None:
+        self.outbox = outbox
+
+    def deliver(self, message: Dict[str, Any]) -> bool:
+        outbox = self.outbox
+        if outbox.ended or outbox.disconnect is not None or outbox.finished:
+            return True  # the socket is going: dropped, as for a channel nobody reads any more
+        capacity = outbox.layer.capacity if outbox.layer is not None else 100
+        reply = _websocket_reply(message) if outbox.websocket else (message if "type" not in message else None)
+        if reply is not None:
+            # Bounded: a slow client's unsent replies are at most the layer's capacity.
+            if len(outbox.queue) >= capacity:
+                return False
+            try:
+                if outbox.websocket:
+                    _queue_websocket_reply(outbox, reply)
+                else:
+                    _queue_http_reply(outbox, reply, strict=False)
+            except (InvalidReply, ResponseAlreadySent, OSError) as exc:
+                log.warning("Dropped a message for %s from the channel layer: %s", outbox.name, exc)
+            return True
+        if outbox.events_waiting >= capacity:
+            return False
+        outbox.events_waiting += 1
+        assert outbox.adapter is not None and outbox.context is not None
+        start_soon(outbox.loop, outbox.adapter._run_event(outbox, message), outbox.context)
+        return True
+
+
+def _websocket_reply(message: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A message from the layer as a WebSocket reply, or None if it is an event for the consumer:
+    a reply without ``type`` (``{'text': ...}``) or an ASGI ``websocket.send``/``websocket.close``
+    (what Channels' consumers send to each other's sockets)."""
+    kind = message.get("type")
+    if kind is None:
+        return message
+    if kind == "websocket.send":
+        return {key: message[key] for key in ("text", "bytes") if message.get(key) is not None}
+    if kind == "websocket.close":
+        return {"close": message.get("code") or True}
+    return None
+
+
+async def _take_turn(outbox: _Outbox) -> None:
+    """Wait until no other call of the consumer runs for this socket; the turn is then ours."""
+    if not outbox.busy:
+        outbox.busy = True
+        return
+    turn: asyncio.Future[None] = outbox.loop.create_future()
+    outbox.turn_waiters.append(turn)
+    try:
+        await turn
+    except asyncio.CancelledError:
+        if turn.done() and not turn.cancelled():
+            _give_turn(outbox)  # it was handed to us as we were cancelled: pass it on
+        raise
+
+
+def _give_turn(outbox: _Outbox) -> None:
+    waiters = outbox.turn_waiters
+    while waiters:
+        turn = waiters.popleft()
+        if not turn.done():
+            turn.set_result(None)  # still busy: the turn goes straight to the next caller
+            return
+    outbox.busy = False
 
 
 def _to_asgi(message: Any, first: bool, whole: bool = False) -> "list[Dict[str, Any]]":
@@ -213,12 +369,11 @@ class ConsumerAdapter:
     """Serves a channel-style consumer as an ASGI 3 application."""
 
     def __init__(self, consumer: Callable[[Dict[str, Any]], Any],
-                 loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+                 layer: Optional[ChannelLayer] = None) -> None:
         self.consumer = consumer
-        # A server with one loop for its life (the worker) names it: asking asyncio for the
-        # running loop costs a getpid() system call on every request.
-        self._fixed_layer = ChannelLayer(loop) if loop is not None else None
-        self._layer: Optional[ChannelLayer] = None
+        # A server gives its layer, bound to its one loop; elsewhere (a test harness) the
+        # process's layer is bound to the first loop that serves a request.
+        self._layer = layer
         # Requests whose consumer has returned and whose reply is still awaited.
         self._waiting: "set[_Outbox]" = set()
 
@@ -230,7 +385,7 @@ class ConsumerAdapter:
         now = time.monotonic()
         due = False
         for outbox in self._waiting:
-            if now >= outbox.next_gc:
+            if outbox.name is None and now >= outbox.next_gc:
                 due = True
                 outbox.gc_interval *= 2
                 outbox.next_gc = now + outbox.gc_interval
@@ -241,12 +396,11 @@ class ConsumerAdapter:
         return f"<ConsumerAdapter {self.consumer!r}>"
 
     def _channel_layer(self) -> ChannelLayer:
-        if self._fixed_layer is not None:
-            return self._fixed_layer
-        loop = asyncio.get_running_loop()
         layer = self._layer
-        if layer is None or layer.loop is not loop:
-            layer = self._layer = ChannelLayer(loop)
+        if layer is None:
+            layer = self._layer = get_channel_layer()
+        if layer._loop is None:
+            layer.bind(asyncio.get_running_loop())
         return layer
 
     async def __call__(self, scope: Dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
@@ -264,8 +418,10 @@ class ConsumerAdapter:
             body = await _read_rest_of_body(body, receive)
             if body is None:
                 return
-        layer = self._channel_layer()
-        outbox = _Outbox(layer.loop, RESPONSE_COMPLETE in (scope.get("extensions") or ()), self._waiting)
+        layer = self._layer if self._layer is not None and self._layer._loop is not None else self._channel_layer()
+        outbox = _Outbox(layer.loop, RESPONSE_COMPLETE in (scope.get("extensions") or ()), self._waiting,
+                         layer, self)
+        outbox.receive = receive
         message = {
             "type": "http.request",
             "reply_channel": ReplyChannel(outbox),
@@ -282,7 +438,11 @@ class ConsumerAdapter:
             "client": scope["client"],
             "server": scope["server"],
         }
+        # The scope, not the message: the message holds the reply channel, whose collection is
+        # how an abandoned response is noticed.
+        outbox.base = scope
         error: Optional[BaseException] = None
+        outbox.busy = True
         try:
             result = self.consumer(message)
             # Let go of the message: if the consumer kept no reference, its ReplyChannel dies
@@ -293,8 +453,11 @@ class ConsumerAdapter:
             del result
         except Exception as exc:
             error = exc
+        finally:
+            _give_turn(outbox)
         queue = outbox.queue
-        if error is None and outbox.finished and outbox.failure is None and len(queue) == 1:
+        if error is None and outbox.finished and outbox.failure is None and len(queue) == 1 \
+                and outbox.name is None:
             # The usual case: the whole response in one reply, there already, in one message.
             try:
                 await send(queue.popleft())
@@ -306,6 +469,7 @@ class ConsumerAdapter:
             await self._forward(outbox, send, wait=error is None)
         finally:
             self._waiting.discard(outbox)
+            outbox.detach()
         if error is not None:
             raise error
 
@@ -321,6 +485,12 @@ class ConsumerAdapter:
                 return
             if not wait:
                 return  # the consumer failed: its own exception is the one to report
+            if outbox.event_error is not None:
+                raise outbox.event_error
+            if outbox.name is not None and outbox.disconnect is not None:
+                # A named response whose client left: its consumer hears of it, like a socket's.
+                await self._call_in_turn(outbox, {"type": "http.disconnect"})
+                return
             if outbox.abandoned:
                 raise ConsumerDidNotReply(
                     f"{self.consumer!r} dropped its message without ending the response "
@@ -328,6 +498,38 @@ class ConsumerAdapter:
                 )
             await outbox.wait()
 
+    # -- events from the channel layer -------------------------------------------------------------
+
+    async def _run_event(self, outbox: _Outbox, event: Dict[str, Any]) -> None:
+        """A message with a ``type`` sent to a reply channel's name: the consumer gets it, with
+        the keys of the socket's (or request's) messages, in its turn."""
+        outbox.events_waiting -= 1
+        try:
+            await self._call_in_turn(outbox, event)
+        except Exception as exc:
+            # Like an exception in a consumer's own call: the socket (or response) ends, the
+            # server reports it with its traceback.
+            if outbox.event_error is None:
+                outbox.event_error = exc
+            if outbox.websocket:
+                with _REPLY_LOCK:
+                    if not outbox.finished and outbox.disconnect is None:
+                        outbox.queue.append({"type": "websocket.close", "code": 1011})
+                        outbox.finished = True
+            outbox.wake()
+
+    async def _call_in_turn(self, outbox: _Outbox, event: Dict[str, Any]) -> None:
+        await _take_turn(outbox)
+        try:
+            if outbox.ended and event.get("type") != "http.disconnect":
+                return  # the socket has gone while this waited: nobody to act for
+            message = _event_message(outbox, event)
+            result = self.consumer(message)
+            del message
+            if result is not None and isawaitable(result):
+                await result
+        finally:
+            _give_turn(outbox)
 
     # -- WebSocket ----------------------------------------------------------------------------
 
@@ -335,7 +537,7 @@ class ConsumerAdapter:
         """One consumer call per event (connect, each message, disconnect), all sharing one reply
         channel whose replies a forwarding task sends in order."""
         layer = self._channel_layer()
-        outbox = _Outbox(layer.loop)
+        outbox = _Outbox(layer.loop, layer=layer, adapter=self, websocket=True)
         base = {
             "reply_channel": WebSocketReplyChannel(outbox),
             "channel_layer": layer,
@@ -349,6 +551,7 @@ class ConsumerAdapter:
             "server": scope["server"],
             "subprotocols": scope["subprotocols"],
         }
+        outbox.base = base
         forwarder = layer.loop.create_task(self._forward_websocket(outbox, send))
         try:
             while True:
@@ -358,26 +561,37 @@ class ConsumerAdapter:
                     with _REPLY_LOCK:
                         if outbox.disconnect is None:
                             outbox.disconnect = ConnectionResetError("the WebSocket connection is closed")
+                    outbox.ended = True
                 message = dict(base)
                 message.update(event)
-                result = self.consumer(message)
-                del message
-                if result is not None and isawaitable(result):
-                    await result
-                del result
+                if outbox.busy:
+                    await _take_turn(outbox)  # an event from the layer is being handled
+                else:
+                    outbox.busy = True
+                try:
+                    result = self.consumer(message)
+                    del message
+                    if result is not None and isawaitable(result):
+                        await result
+                    del result
+                finally:
+                    _give_turn(outbox)
                 if forwarder.done():
                     forwarder.result()  # re-raises what went wrong sending the replies
                     if outbox.finished:
-                        return  # the consumer closed the socket
+                        break  # the consumer closed the socket
                 if event["type"] == "websocket.disconnect":
-                    return
+                    break
         finally:
             with _REPLY_LOCK:
                 if outbox.disconnect is None:
                     outbox.disconnect = ConnectionResetError("the WebSocket connection is closed")
+            outbox.detach()
             outbox.wake()
             if not forwarder.done():
                 forwarder.cancel()
+        if outbox.event_error is not None:
+            raise outbox.event_error
 
     @staticmethod
     async def _forward_websocket(outbox: _Outbox, send: Callable[..., Any]) -> None:
@@ -392,30 +606,63 @@ class ConsumerAdapter:
             await outbox.wait()
 
 
+_HTTP_EVENT_KEYS = ("http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path",
+                    "headers", "client", "server")
+
+
+def _event_message(outbox: _Outbox, event: Dict[str, Any]) -> Dict[str, Any]:
+    """What the consumer gets for an event: the socket's (or request's) keys, then the event's."""
+    base = outbox.base or {}
+    if outbox.websocket:
+        message = dict(base)
+    else:
+        message = {key: base[key] for key in _HTTP_EVENT_KEYS if key in base}
+        message["reply_channel"] = ReplyChannel(outbox)
+        message["channel_layer"] = outbox.layer
+    message.update(event)
+    return message
+
+
 class WebSocketReplyChannel:
     """``message['reply_channel']`` for WebSocket consumers: ``{'accept': True}`` (optional
     ``subprotocol``), ``{'text': str}``, ``{'bytes': bytes}``, ``{'close': True}`` or
     ``{'close': code}``; keys may be combined and apply in that order. Thread-safe."""
 
-    __slots__ = ("_outbox",)
+    __slots__ = ("_outbox", "__weakref__")
 
     def __init__(self, outbox: _Outbox) -> None:
         self._outbox = outbox
 
     def send(self, message: Dict[str, Any]) -> None:
+        _queue_websocket_reply(self._outbox, message)
+
+    @property
+    def name(self) -> str:
+        """This socket's name on the channel layer: ``layer.send(name, {'text': ...})`` from any
+        process on the layer reaches it; a message with another ``type`` reaches its consumer."""
         outbox = self._outbox
-        with _REPLY_LOCK:
-            if outbox.disconnect is not None:
-                raise type(outbox.disconnect)(*outbox.disconnect.args)
-            if outbox.finished:
-                raise ResponseAlreadySent("This WebSocket has already been closed by a 'close' reply")
-            messages = _websocket_to_asgi(message)
-            outbox.queue.extend(messages)
-            outbox.finished = messages[-1]["type"] == "websocket.close"
-        outbox.wake()
+        return outbox.name if outbox.name is not None else outbox.attach()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WebSocketReplyChannel) and other._outbox is self._outbox
+
+    def __hash__(self) -> int:
+        return id(self._outbox)
 
     def __repr__(self) -> str:
         return f"<WebSocketReplyChannel closed={self._outbox.finished}>"
+
+
+def _queue_websocket_reply(outbox: _Outbox, message: Any) -> None:
+    with _REPLY_LOCK:
+        if outbox.disconnect is not None:
+            raise type(outbox.disconnect)(*outbox.disconnect.args)
+        if outbox.finished:
+            raise ResponseAlreadySent("This WebSocket has already been closed by a 'close' reply")
+        messages = _websocket_to_asgi(message)
+        outbox.queue.extend(messages)
+        outbox.finished = messages[-1]["type"] == "websocket.close"
+    outbox.wake()
 
 
 WEBSOCKET_REPLY_KEYS = frozenset(("accept", "subprotocol", "text", "bytes", "close"))
