@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import apps  # noqa: E402  (bench/apps.py: the same apps wrk is pointed at)
 
 from asgiworker.adapters import load as load_app  # noqa: E402
+from asgiworker.channels import InMemoryChannelLayer  # noqa: E402
 from asgiworker.config import Settings  # noqa: E402
 from asgiworker.http import HttpConnection, ServerState  # noqa: E402
 
@@ -83,7 +84,9 @@ def request_for(name: str) -> bytes:
 
 async def run(name: str, count: int, profiler, connections: int = 1) -> "tuple[float, int, int]":
     loop = asyncio.get_running_loop()
-    app = load_app(getattr(apps, name), loop=loop)
+    layer = InMemoryChannelLayer()
+    layer.bind(loop)  # as the worker does
+    app = load_app(getattr(apps, name), layer=layer)
     state = ServerState(app, Settings(), logging.getLogger("profile"), loop)
     conns = []
     transports = []

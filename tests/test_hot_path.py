@@ -131,7 +131,7 @@ def test_consumer_headers_go_out_as_they_were_when_sent(loop):
         headers.append([b"x-added", b"later"])
         message["reply_channel"].send({"content": b"b"})
 
-    responses, _ = serve(loop, load(consumer, "consumer", loop=loop), GET)
+    responses, _ = serve(loop, load(consumer, "consumer"), GET)
     assert responses[0].get(b"x-state") == b"as-sent" and responses[0].get(b"x-added") is None
     assert responses[0].body == b"ab"
 

@@ -69,7 +69,7 @@ class _Outbox:
     def __init__(self, loop: asyncio.AbstractEventLoop, whole: bool = False,
                  reaped: "Optional[set[_Outbox]]" = None, layer: Optional[ChannelLayer] = None,
                  adapter: "Optional[ConsumerAdapter]" = None, base: Optional[Dict[str, Any]] = None,
-                 websocket: bool = False) -> None:
+                 websocket: bool = False, receive: Optional[Callable[..., Any]] = None) -> None:
         self.loop = loop
         # Where the outbox waits to be checked for abandonment (ConsumerAdapter.reap_abandoned).
         self.reaped = reaped
@@ -94,11 +94,16 @@ class _Outbox:
         self.base = base
         self.websocket = websocket
         self.context: Optional[contextvars.Context] = None
-        self.busy = False
-        self.turn_waiters: Deque[asyncio.Future[None]] = deque()
+        # Born busy: the consumer's first call runs at once (an HTTP request's only one, a
+        # socket's connect), and events arriving meanwhile must wait for it.
+        self.busy = True
+        self.turn_waiters: Optional[Deque[asyncio.Future[None]]] = None  # made when first needed
         self.events_waiting = 0
         self.event_error: Optional[BaseException] = None
-        self.receive: Optional[Callable[..., Any]] = None
+        # HTTP: the scope, not the message (the message holds the reply channel, whose collection
+        # is how an abandoned response is noticed). Also the request's receive, for a named
+        # response to learn that its client left.
+        self.receive = receive
         self.watcher: Optional[asyncio.Task[None]] = None
         self.ended = False
 
@@ -304,6 +309,8 @@ async def _take_turn(outbox: _Outbox) -> None:
         outbox.busy = True
         return
     turn: asyncio.Future[None] = outbox.loop.create_future()
+    if outbox.turn_waiters is None:
+        outbox.turn_waiters = deque()
     outbox.turn_waiters.append(turn)
     try:
         await turn
@@ -315,7 +322,7 @@ async def _take_turn(outbox: _Outbox) -> None:
 
 def _give_turn(outbox: _Outbox) -> None:
     waiters = outbox.turn_waiters
-    while waiters:
+    while waiters:  # (None or empty: nobody waits, the usual case)
         turn = waiters.popleft()
         if not turn.done():
             turn.set_result(None)  # still busy: the turn goes straight to the next caller
@@ -418,10 +425,11 @@ class ConsumerAdapter:
             body = await _read_rest_of_body(body, receive)
             if body is None:
                 return
-        layer = self._layer if self._layer is not None and self._layer._loop is not None else self._channel_layer()
-        outbox = _Outbox(layer.loop, RESPONSE_COMPLETE in (scope.get("extensions") or ()), self._waiting,
-                         layer, self)
-        outbox.receive = receive
+        layer = self._layer
+        if layer is None or layer._loop is None:
+            layer = self._channel_layer()
+        outbox = _Outbox(layer._loop, RESPONSE_COMPLETE in (scope.get("extensions") or ()), self._waiting,  # type: ignore[arg-type]  # bound above
+                         layer, self, scope, False, receive)
         message = {
             "type": "http.request",
             "reply_channel": ReplyChannel(outbox),
@@ -438,11 +446,7 @@ class ConsumerAdapter:
             "client": scope["client"],
             "server": scope["server"],
         }
-        # The scope, not the message: the message holds the reply channel, whose collection is
-        # how an abandoned response is noticed.
-        outbox.base = scope
         error: Optional[BaseException] = None
-        outbox.busy = True
         try:
             result = self.consumer(message)
             # Let go of the message: if the consumer kept no reference, its ReplyChannel dies
@@ -453,8 +457,11 @@ class ConsumerAdapter:
             del result
         except Exception as exc:
             error = exc
-        finally:
+        # The consumer's turn ends (events from the layer may have queued behind it).
+        if outbox.turn_waiters:
             _give_turn(outbox)
+        else:
+            outbox.busy = False
         queue = outbox.queue
         if error is None and outbox.finished and outbox.failure is None and len(queue) == 1 \
                 and outbox.name is None:
@@ -538,6 +545,7 @@ class ConsumerAdapter:
         channel whose replies a forwarding task sends in order."""
         layer = self._channel_layer()
         outbox = _Outbox(layer.loop, layer=layer, adapter=self, websocket=True)
+        outbox.busy = False  # each event takes the turn below
         base = {
             "reply_channel": WebSocketReplyChannel(outbox),
             "channel_layer": layer,

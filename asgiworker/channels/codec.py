@@ -22,7 +22,7 @@ def encode(message: Dict[str, Any], max_size: int) -> bytes:
     if not isinstance(message, dict):
         raise TypeError(f"A channel message must be a dict, got {type(message).__name__}")
     try:
-        packed = msgpack.packb(message, use_bin_type=True)
+        packed: bytes = msgpack.packb(message, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"A channel message must hold only dicts, lists, str, bytes, numbers, "
                         f"booleans and None: {exc}") from None

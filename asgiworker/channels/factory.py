@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from asgiworker.channels.layer import MiB, ChannelLayer
+from asgiworker.channels.layer import ChannelLayer, MiB
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 

@@ -78,11 +78,12 @@ class ChannelLayer:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self.bind(loop)
-        if loop is self._loop:
+        home: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]  # bound just above
+        if loop is home:
             return await call(*args)
-        if self._loop.is_closed():
+        if home.is_closed():
             raise RuntimeError("The channel layer's event loop is closed")
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(*args), self._loop))  # type: ignore[arg-type]  # any awaitable coroutine
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(*args), home))  # type: ignore[arg-type]  # any awaitable coroutine
 
     # -- the Channels API ---------------------------------------------------------------------
 

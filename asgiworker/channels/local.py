@@ -105,7 +105,10 @@ class LocalChannels:
         self.memberships: Dict[str, Set[str]] = {}
 
     def new_name(self, prefix: str = "specific") -> str:
-        return f"{prefix}.{self.process}!{next(self._numbers):x}"
+        # Whatever the prefix asked for, the part before the '!' is this process's one routing
+        # part (on Redis: its one key, read by its one reader); another prefix goes after it.
+        local = f"{next(self._numbers):x}" if prefix == "specific" else f"{prefix}.{next(self._numbers):x}"
+        return f"specific.{self.process}!{local}"
 
     def owns(self, name: str) -> bool:
         bang = name.find("!")

@@ -212,9 +212,10 @@ class RedisChannelLayer(ChannelLayer):
                              "group membership(s)", was, memberships)
             self.refresh_memberships()
         key = self._reader_keys[0]
-        items = await reader.zpopmin(key, READ_BATCH)
+        # (redis-py's reply types are unions of every command's: these are [(member, score)].)
+        items: Any = await reader.zpopmin(key, READ_BATCH)
         if not items:
-            popped = await reader.bzpopmin(key, timeout=BLOCK_SECONDS)
+            popped: Any = await reader.bzpopmin(key, timeout=BLOCK_SECONDS)
             if popped is None:
                 return
             items = [(popped[1], popped[2])]
@@ -274,7 +275,7 @@ class RedisChannelLayer(ChannelLayer):
         key = self._channel_key(channel)
         try:
             while True:
-                popped = await client.bzpopmin(key, timeout=BLOCK_SECONDS)
+                popped: Any = await client.bzpopmin(key, timeout=BLOCK_SECONDS)
                 if popped is not None and popped[2] >= time.time() - self.expiry:
                     message = decode(popped[1])
                     message.pop("__asgi_channel__", None)
