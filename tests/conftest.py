@@ -196,3 +196,47 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
             return value
         time.sleep(interval)
     return predicate()
+
+
+# -- Redis, for the channel layer's tests (tests/redis_server.py) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One redis-server for the whole session (stopped at the end); skipped where there is none
+    and none can be installed."""
+    from tests.redis_server import RedisServer, RedisUnavailable
+
+    try:
+        server = RedisServer()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def fresh_redis(redis_server):
+    """The session's redis-server, emptied before the test."""
+    if not redis_server.running():  # a test that broke it must not break the next ones
+        redis_server.start()
+    redis_server.flushall()
+    return redis_server
+
+
+@pytest.fixture
+def own_redis():
+    """A private redis-server for tests that kill, stall or restart it."""
+    from tests.redis_server import RedisServer, RedisUnavailable
+
+    try:
+        server = RedisServer()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.close()

@@ -221,3 +221,69 @@ def test_two_tabs_chat(chromium, chat_server):
         tab_a.wait_for("document.getElementById('log').textContent.includes('someone left')")
     finally:
         browser.close()
+
+
+def worker_of(tab: Tab) -> int:
+    """The pid of the worker serving the tab's socket: the page shows 'connected to worker N'."""
+    line = tab.wait_for("Array.from(document.querySelectorAll('#log li.system')).map(li => li.textContent)"
+                        ".find(t => t.startsWith('connected to worker '))")
+    return int(line.rsplit(" ", 1)[1])
+
+
+def talk(tab_a: Tab, tab_b: Tab) -> None:
+    """Both tabs in the room (only members get a join), then each hears the other."""
+    for tab in (tab_a, tab_b):
+        tab.wait_for("document.getElementById('log').textContent.includes('someone joined')")
+    tab_a.say("alice", "hello from A")
+    tab_b.wait_for(tab_b.has_line("alice", "hello from A"))
+    tab_b.say("bob", "hi A, B here ✓")
+    tab_a.wait_for(tab_a.has_line("bob", "hi A, B here ✓"))
+    tab_b.close()
+    tab_a.wait_for("document.getElementById('log').textContent.includes('someone left')")
+
+
+@pytest.mark.timeout(1200)
+def test_two_tabs_on_different_workers_share_one_room(chromium, fresh_redis):
+    """--workers 4 on the Redis layer: two tabs whose sockets two different workers serve."""
+    server = GunicornServer("chat:chat", "--workers", "4", cwd=ROOT / "examples",
+                            env={"ASGIWORKER_CHANNEL_LAYER": fresh_redis.url})
+    browser = Browser(chromium)
+    try:
+        workers = set(server.worker_pids())
+        assert len(workers) == 4
+        url = f"http://127.0.0.1:{server.port}/"
+        first = browser.open_tab(url)
+        first_pid = worker_of(first)
+        assert first_pid in workers
+        other = None
+        for _ in range(24):  # the kernel picks the worker: open tabs until one lands elsewhere
+            tab = browser.open_tab(url)
+            pid = worker_of(tab)
+            if pid != first_pid:
+                other = tab
+                break
+            tab.close()
+        assert other is not None, "24 tabs in a row were served by the same worker"
+        assert worker_of(other) in workers
+        talk(first, other)
+    finally:
+        browser.close()
+        server.stop()
+
+
+@pytest.mark.timeout(1200)
+def test_two_tabs_on_two_masters_share_one_room(chromium, fresh_redis):
+    """Two gunicorn masters on two ports (two "hosts") sharing one Redis."""
+    env = {"ASGIWORKER_CHANNEL_LAYER": fresh_redis.url}
+    one = GunicornServer("chat:chat", cwd=ROOT / "examples", env=env)
+    two = GunicornServer("chat:chat", cwd=ROOT / "examples", env=env)
+    browser = Browser(chromium)
+    try:
+        tab_a = browser.open_tab(f"http://127.0.0.1:{one.port}/")
+        tab_b = browser.open_tab(f"http://127.0.0.1:{two.port}/")
+        assert worker_of(tab_a) in one.worker_pids() and worker_of(tab_b) in two.worker_pids()
+        talk(tab_a, tab_b)
+    finally:
+        browser.close()
+        one.stop()
+        two.stop()

@@ -497,6 +497,13 @@ class ConsumerAdapter:
             if outbox.name is not None and outbox.disconnect is not None:
                 # A named response whose client left: its consumer hears of it, like a socket's.
                 await self._call_in_turn(outbox, {"type": "http.disconnect"})
+                if outbox.started:
+                    # End the stream: a client that only stopped sending (EOF) gets a complete
+                    # response, and the server does not report an unfinished one as an error.
+                    try:
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    except OSError:
+                        pass  # it has really gone
                 return
             if outbox.abandoned:
                 raise ConsumerDidNotReply(
@@ -510,9 +517,8 @@ class ConsumerAdapter:
     async def _run_event(self, outbox: _Outbox, event: Dict[str, Any]) -> None:
         """A message with a ``type`` sent to a reply channel's name: the consumer gets it, with
         the keys of the socket's (or request's) messages, in its turn."""
-        outbox.events_waiting -= 1
         try:
-            await self._call_in_turn(outbox, event)
+            await self._call_in_turn(outbox, event, counted=True)
         except Exception as exc:
             # Like an exception in a consumer's own call: the socket (or response) ends, the
             # server reports it with its traceback.
@@ -525,18 +531,27 @@ class ConsumerAdapter:
                         outbox.finished = True
             outbox.wake()
 
-    async def _call_in_turn(self, outbox: _Outbox, event: Dict[str, Any]) -> None:
-        await _take_turn(outbox)
+    async def _call_in_turn(self, outbox: _Outbox, event: Dict[str, Any], counted: bool = False) -> None:
+        try:
+            await _take_turn(outbox)
+        finally:
+            if counted:
+                # Waiting for its turn is what `capacity` bounds (_Endpoint.deliver): the event
+                # stops counting once it runs, not as soon as its Task starts.
+                outbox.events_waiting -= 1
         try:
             if outbox.ended and event.get("type") != "http.disconnect":
                 return  # the socket has gone while this waited: nobody to act for
-            message = _event_message(outbox, event)
-            result = self.consumer(message)
-            del message
-            if result is not None and isawaitable(result):
-                await result
+            await self._call(_event_message(outbox, event))
         finally:
             _give_turn(outbox)
+
+    async def _call(self, message: Dict[str, Any]) -> None:
+        """One call of the consumer, awaiting what it returns if that is awaitable."""
+        result = self.consumer(message)
+        del message
+        if result is not None and isawaitable(result):
+            await result
 
     # -- WebSocket ----------------------------------------------------------------------------
 
@@ -572,16 +587,9 @@ class ConsumerAdapter:
                     outbox.ended = True
                 message = dict(base)
                 message.update(event)
-                if outbox.busy:
-                    await _take_turn(outbox)  # an event from the layer is being handled
-                else:
-                    outbox.busy = True
+                await _take_turn(outbox)  # (waits only while a layer event is being handled)
                 try:
-                    result = self.consumer(message)
-                    del message
-                    if result is not None and isawaitable(result):
-                        await result
-                    del result
+                    await self._call(message)
                 finally:
                     _give_turn(outbox)
                 if forwarder.done():

@@ -13,8 +13,13 @@ class MessageTooLarge(Exception):
 
 
 class ChannelLayerUnavailable(ConnectionError):
-    """The layer's backend (Redis) cannot be reached: the call failed at once, nothing was
-    done. The text names the server and the cause."""
+    """The layer's backend (Redis) cannot be reached. The text names the server and the cause.
+
+    A call failed at once (the server is known to be down, or refuses connections) did nothing.
+    A call cut off midway (the command timeout on a stalled server, a connection lost during the
+    command) has an unknown outcome: the command may have run, or may still run once a stalled
+    server resumes (a ``send`` that raised this can still deliver its message). The layer never
+    retries, so nothing is delivered twice."""
 
 
 class InvalidChannelName(TypeError):

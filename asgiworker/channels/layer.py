@@ -186,7 +186,7 @@ class ChannelLayer:
             self._enqueue(item)
         else:
             loop.call_soon_threadsafe(self._enqueue, item)
-        return Pending(future, self._loop_thread, what)
+        return Pending(future, self._loop_thread, what, self.log)
 
     def _enqueue(self, item: Tuple[Callable[..., Awaitable[Any]], Tuple[Any, ...], "concurrent.futures.Future[Any]"]) -> None:
         if len(self._calls) >= MAX_PENDING_CALLS:
@@ -213,14 +213,23 @@ class ChannelLayer:
         finally:
             self._runner = None
 
-    def _quietly(self, what: str, call: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def _quietly(self, what: str, call: Callable[..., Awaitable[Any]], *args: Any,
+                 on_failure: Optional[Callable[[Pending], Any]] = None) -> None:
         """Queue a call of the layer's own (leaving groups, refreshing them): its failure is
         expected while the backend is down, and is not the application's business."""
         try:
             pending = self._queue_call(what, call, *args)
         except RuntimeError:
             return  # no loop any more: the worker is gone
-        pending.add_done_callback(_log_quietly)
+
+        def done(pending: Pending) -> None:
+            exc = pending.exception()
+            if exc is not None:
+                self.log.debug("%r failed: %r", pending, exc)
+                if on_failure is not None:
+                    on_failure(pending)
+
+        pending.add_done_callback(done)
 
     # -- endpoints of this process ---------------------------------------------------------------
 
@@ -255,7 +264,18 @@ class ChannelLayer:
 
     def refresh_memberships(self) -> None:
         for group, names in self.local.members_by_group().items():
-            self._quietly(f"refresh of group {group}", self._group_add, group, names)
+            self._quietly(f"refresh of group {group}", self._group_add, group, names,
+                          on_failure=self._refresh_failed)
+
+    def _refresh_failed(self, pending: Pending) -> None:
+        # A refresh that failed must not wait a third of group_expiry for the next: the
+        # memberships may be gone (a restarted Redis). Try again at the next tick, and say so;
+        # unless the backend is known to be down: coming back, it refreshes them all anyway.
+        if self.backend_down():
+            return
+        if time.monotonic() + 1.0 < self._next_refresh:
+            self.log.warning("%r failed (%s); retrying in a second", pending, pending.exception())
+        self._next_refresh = min(self._next_refresh, time.monotonic() + 1.0)
 
     async def close(self) -> None:
         """At shutdown: let queued calls finish (briefly), then drop the connections."""
@@ -265,6 +285,10 @@ class ChannelLayer:
 
     def describe(self) -> str:
         return self.backend
+
+    def backend_down(self) -> bool:
+        """The backend is known to be unreachable (its calls fail at once meanwhile)."""
+        return False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
@@ -313,7 +337,3 @@ def _check_message(message: Any) -> None:
         raise ValueError("'__asgi_channel__' is reserved for the layer's routing")
 
 
-def _log_quietly(pending: Pending) -> None:
-    exc = pending.exception()
-    if exc is not None:
-        log.debug("%r failed: %r", pending, exc)

@@ -19,9 +19,11 @@ class Pending:
     progress while the caller blocks, so waiting there raises at once instead of deadlocking.
     """
 
-    __slots__ = ("_future", "_loop_thread", "_what", "_seen")
+    __slots__ = ("_future", "_loop_thread", "_what", "_seen", "_log")
 
-    def __init__(self, future: "concurrent.futures.Future[Any]", loop_thread: Optional[int], what: str) -> None:
+    def __init__(self, future: "concurrent.futures.Future[Any]", loop_thread: Optional[int], what: str,
+                 logger: Any = None) -> None:
+        self._log = logger if logger is not None else log  # the worker's: Gunicorn's error log
         self._future = future
         self._loop_thread = loop_thread
         self._what = what
@@ -56,7 +58,7 @@ class Pending:
     def __del__(self) -> None:
         future = self._future
         if not self._seen and future.done() and not future.cancelled() and future.exception() is not None:
-            log.warning("%s failed and nobody asked: %r", self._what, future.exception())
+            self._log.warning("%s failed and nobody asked: %r", self._what, future.exception())
 
     def __repr__(self) -> str:
         state = "done" if self._future.done() else "pending"

@@ -142,6 +142,9 @@ class RedisChannelLayer(ChannelLayer):
         return ChannelLayerUnavailable(
             f"The channel layer's Redis at {redact(self.urls[index])} is unreachable: {exc or type(exc).__name__}")
 
+    def backend_down(self) -> bool:
+        return self._down is not None
+
     def _check_up(self) -> None:
         if self._down is not None:
             raise ChannelLayerUnavailable(self._down)
@@ -204,6 +207,11 @@ class RedisChannelLayer(ChannelLayer):
     async def _read_some(self, reader: Redis) -> None:
         if self._down is not None:
             await reader.ping()
+            # The command connections idle in the pools were made to the server that went away
+            # (a restarted one is a new server): drop them, or the first command on each fails,
+            # the refresh of the memberships just below first of all.
+            for client in self._clients:
+                await client.connection_pool.disconnect(inuse_connections=False)
             was = self._down
             self._down = None
             self.reconnects += 1

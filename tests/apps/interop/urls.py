@@ -1,0 +1,3 @@
+"""No Django views: HTTP is answered by channels_app.health."""
+
+urlpatterns: list = []
