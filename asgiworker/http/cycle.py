@@ -127,8 +127,10 @@ class RequestCycle(ResponseWriter):
         else:
             if self.phase == COMPLETE:
                 return
-            if self.disconnected:
-                self._fail()  # nobody to answer: just let go of the connection
+            if self.disconnected or (self.eof and self.body_done):
+                # Nobody to answer, or the app was told so (receive() said http.disconnect once
+                # the client shut its side): not an error, just let go of the connection.
+                self._fail()
                 return
             what = "completing" if self.phase == SENDING else "sending"
             state.log.error("ASGI application returned without %s the response to %s %s", what,
