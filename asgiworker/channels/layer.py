@@ -131,8 +131,10 @@ class ChannelLayer:
 
     async def flush(self) -> None:
         """Drop every message and group of this layer (its prefix), everywhere."""
-        self.local.flush()
         await self._on_loop(self._flush)
+        # Only once the backend's flush is done: one that failed (Redis down) did nothing, and
+        # must not have dropped the memberships the reconnect re-adds.
+        self.local.flush()
 
     # -- non-blocking forms, for synchronous code ----------------------------------------------
 

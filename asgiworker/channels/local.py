@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 import uuid
 from collections import deque
@@ -92,7 +93,14 @@ class Mailbox(Generic[T]):
 
 
 class LocalChannels:
-    """This process's names, endpoints and group memberships."""
+    """This process's names, endpoints and group memberships.
+
+    Changed from other threads too (a sync consumer's thread attaches a reply channel or joins a
+    group while the loop's tick() sweeps): changes and walks hold ``_lock``. Without it a walk
+    could meet a table another thread resized midway ("dictionary changed size during
+    iteration", out of tick()); not even ``list(d.items())`` is one step (a garbage collection
+    it triggers runs Python code, and lets other threads in).
+    """
 
     def __init__(self, capacity: int, expiry: float) -> None:
         self.process = uuid.uuid4().hex
@@ -103,6 +111,7 @@ class LocalChannels:
         # group memberships of this process's live endpoints: dropped when the endpoint goes,
         # refreshed while it lives (so that it never expires out of its groups)
         self.memberships: Dict[str, Set[str]] = {}
+        self._lock = threading.Lock()
 
     def new_name(self, prefix: str = "specific") -> str:
         # Whatever the prefix asked for, the part before the '!' is this process's one routing
@@ -115,17 +124,20 @@ class LocalChannels:
         return bang > 0 and name.endswith(self.process, 0, bang)
 
     def register(self, name: str, endpoint: Endpoint) -> None:
-        self.endpoints[name] = endpoint
+        with self._lock:
+            self.endpoints[name] = endpoint
 
     def unregister(self, name: str) -> Set[str]:
         """Forget ``name``; returns the groups it was in, for the caller to leave."""
-        self.endpoints.pop(name, None)
-        return self.memberships.pop(name, set())
+        with self._lock:
+            self.endpoints.pop(name, None)
+            return self.memberships.pop(name, set())
 
     def mailbox(self, name: str) -> "Mailbox[Dict[str, Any]]":
         endpoint = self.endpoints.get(name)
         if endpoint is None:
-            endpoint = self.endpoints[name] = Mailbox(self.capacity, self.expiry)
+            with self._lock:
+                endpoint = self.endpoints.setdefault(name, Mailbox(self.capacity, self.expiry))
         if not isinstance(endpoint, Mailbox):
             raise ValueError(f"{name} is a consumer's reply channel: its messages go to that "
                              "consumer and its socket, receive() cannot take them")
@@ -140,34 +152,43 @@ class LocalChannels:
         return endpoint.deliver(message)
 
     def joined(self, group: str, name: str) -> None:
-        if name in self.endpoints:
-            self.memberships.setdefault(name, set()).add(group)
+        with self._lock:
+            if name in self.endpoints:
+                self.memberships.setdefault(name, set()).add(group)
 
     def left(self, group: str, name: str) -> None:
-        groups = self.memberships.get(name)
-        if groups is not None:
-            groups.discard(group)
-            if not groups:
-                del self.memberships[name]
+        with self._lock:
+            groups = self.memberships.get(name)
+            if groups is not None:
+                groups.discard(group)
+                if not groups:
+                    del self.memberships[name]
 
     def members_by_group(self) -> Dict[str, List[str]]:
         by_group: Dict[str, List[str]] = {}
-        for name, groups in self.memberships.items():
-            for group in groups:
-                by_group.setdefault(group, []).append(name)
+        with self._lock:
+            for name, groups in self.memberships.items():
+                for group in groups:
+                    by_group.setdefault(group, []).append(name)
         return by_group
+
+    def membership_count(self) -> int:
+        with self._lock:
+            return sum(len(groups) for groups in self.memberships.values())
 
     def sweep(self) -> None:
         """Forget the mailboxes nobody has used for ``expiry`` seconds (new_channel() names
         never received from must not pile up)."""
         now = time.monotonic()
-        idle = [name for name, endpoint in self.endpoints.items()
-                if isinstance(endpoint, Mailbox) and endpoint.idle_since(now) and name not in self.memberships]
-        for name in idle:
-            del self.endpoints[name]
+        with self._lock:
+            idle = [name for name, endpoint in self.endpoints.items()
+                    if isinstance(endpoint, Mailbox) and endpoint.idle_since(now) and name not in self.memberships]
+            for name in idle:
+                del self.endpoints[name]
 
     def flush(self) -> None:
-        for endpoint in self.endpoints.values():
-            if isinstance(endpoint, Mailbox):
-                endpoint.clear()
-        self.memberships.clear()
+        with self._lock:
+            for endpoint in self.endpoints.values():
+                if isinstance(endpoint, Mailbox):
+                    endpoint.clear()
+            self.memberships.clear()

@@ -76,6 +76,8 @@ class InMemoryChannelLayer(ChannelLayer):
                 del members[channel]
             else:
                 self._put(channel, data)  # a full member misses this one, silently (the spec)
+        if not members:
+            del self._groups[group]
 
     async def _flush(self) -> None:
         self._channels.clear()

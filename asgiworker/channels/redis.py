@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import math
 import random
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -91,6 +92,12 @@ def shard(name: str, shards: int) -> int:
     return int((binascii.crc32(name.encode("utf8")) & 0xFFF) / (4096 / float(shards)))
 
 
+def ttl(seconds: float) -> int:
+    """EXPIRE's whole seconds for a key that must outlive ``seconds``: rounded up, never 0
+    (``EXPIRE key 0`` deletes the key at once: an expiry of 0.5 s would lose every message)."""
+    return max(1, math.ceil(seconds))
+
+
 def redact(url: str) -> str:
     """The URL without its password, for logs."""
     parts = urlsplit(url)
@@ -115,6 +122,8 @@ class RedisChannelLayer(ChannelLayer):
         self._send_script: Any = None
         self._group_send_script: Any = None
         self.reconnects = 0
+        self.dropped = 0  # messages read for a full endpoint (see _dropped_full)
+        self._next_drop_report = 0.0
 
     def describe(self) -> str:
         return f"redis {', '.join(redact(url) for url in self.urls)} (prefix {self.prefix!r})"
@@ -130,7 +139,7 @@ class RedisChannelLayer(ChannelLayer):
         return self._clients[index]
 
     @staticmethod
-    def _make_client(url: str, timeout: float, connections: int) -> Redis:
+    def _make_client(url: str, timeout: Optional[float], connections: int) -> Redis:
         # No retries inside redis-py: a command that failed may have run (a retried ZADD would
         # deliver twice), and the layer promises at most once. Our reader retries, with backoff.
         pool = BlockingConnectionPool.from_url(
@@ -170,9 +179,15 @@ class RedisChannelLayer(ChannelLayer):
 
     async def close(self) -> None:
         await super().close()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        reader = self._reader
+        if reader is not None:
+            # Cancel until it takes: before Python 3.12, redis-py writes each command under
+            # asyncio.wait_for, which swallows a cancellation landing in that moment, and the
+            # reader would read on (and close() wait for it) forever.
+            while not reader.done():
+                reader.cancel()
+                await asyncio.wait([reader], timeout=0.1)
+            await asyncio.gather(reader, return_exceptions=True)
             self._reader = None
         for client in self._clients:
             await client.aclose(close_connection_pool=True)
@@ -215,7 +230,7 @@ class RedisChannelLayer(ChannelLayer):
             was = self._down
             self._down = None
             self.reconnects += 1
-            memberships = sum(len(groups) for groups in self.local.memberships.values())
+            memberships = self.local.membership_count()
             self.log.warning("The channel layer's Redis is reachable again (was: %s); re-adding %d "
                              "group membership(s)", was, memberships)
             self.refresh_memberships()
@@ -241,12 +256,28 @@ class RedisChannelLayer(ChannelLayer):
             return
         names = message.pop("__asgi_channel__", None)
         if isinstance(names, str):
-            self.local.deliver(names, message)
+            if self.local.deliver(names, message) is False:
+                self._dropped_full(names)
         elif isinstance(names, list):
-            last = len(names) - 1
             for i, name in enumerate(names):
                 if isinstance(name, str):
-                    self.local.deliver(name, message if i == last else dict(message))
+                    if i:  # each member its own copy, nested values too (dict() would share them)
+                        message = decode(data)
+                        del message["__asgi_channel__"]
+                    if self.local.deliver(name, message) is False:
+                        self._dropped_full(name)
+
+    def _dropped_full(self, name: str) -> None:
+        """A message read for an endpoint that is full (a socket whose client does not read):
+        its sender's ZADD succeeded long ago, so it cannot be told ChannelFull; the message is
+        dropped, and said so (at most once a second, with the count)."""
+        self.dropped += 1
+        now = time.monotonic()
+        if now >= self._next_drop_report:
+            self._next_drop_report = now + 1.0
+            self.log.warning("Channel layer: dropped a message for %s, whose %d waiting messages "
+                             "are its capacity (%d dropped so far by this worker)",
+                             name, self.capacity, self.dropped)
 
     # -- the backend's calls ------------------------------------------------------------------------
 
@@ -257,6 +288,9 @@ class RedisChannelLayer(ChannelLayer):
         return f"{self.prefix}:group:{group}"
 
     async def _send(self, channel: str, message: Dict[str, Any]) -> None:
+        if self.local.owns(channel):
+            self._send_here(channel, message)
+            return
         self._check_up()
         if "!" in channel:
             message = dict(message)
@@ -268,27 +302,40 @@ class RedisChannelLayer(ChannelLayer):
             client = self._client(index)
             script = self._send_script if index == 0 else client.register_script(_SEND)
             sent = await script(keys=[self._channel_key(channel)],
-                                args=[data, now, int(now) - int(self.expiry), self.capacity, int(self.expiry)],
+                                args=[data, now, now - self.expiry, self.capacity, ttl(self.expiry)],
                                 client=client)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc, index) from exc
         if not sent:
             raise ChannelFull(f"{channel} already holds {self.capacity} messages (the layer's capacity)")
 
+    def _send_here(self, channel: str, message: Dict[str, Any]) -> None:
+        """A send to one of this process's own endpoints, handed over here rather than through
+        Redis and this process's reader: the reader could only drop a message for a full
+        endpoint unseen, here ``send`` raises ``ChannelFull`` as the spec says (and the memory
+        layer does). Needs no Redis. Delivery is in call order with group_send's (same path)."""
+        delivered = self.local.deliver(channel, decode(encode(message, self.max_message_size)))
+        if delivered is False:
+            raise ChannelFull(f"{channel} already holds {self.capacity} messages (the layer's capacity)")
+
     async def _receive(self, channel: str) -> Dict[str, Any]:
         # A general channel: a connection of its own, blocked on that channel's key.
         self._check_up()
         index = shard(channel, len(self.urls))
-        client = self._make_client(self.urls[index], BLOCK_SECONDS + 5, 1)
+        # No socket timeout, ours instead: with one, redis-py writes each command under
+        # asyncio.wait_for, which (before Python 3.12) swallows a cancellation landing in that
+        # moment, and a receive() whose caller gave up (wait_for(receive(), t)) would go on
+        # waiting, its caller with it, until a message came.
+        client = self._make_client(self.urls[index], None, 1)
         key = self._channel_key(channel)
         try:
             while True:
-                popped: Any = await client.bzpopmin(key, timeout=BLOCK_SECONDS)
+                popped: Any = await asyncio.wait_for(client.bzpopmin(key, timeout=BLOCK_SECONDS), BLOCK_SECONDS + 5)
                 if popped is not None and popped[2] >= time.time() - self.expiry:
                     message = decode(popped[1])
                     message.pop("__asgi_channel__", None)
                     return message
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise self._unavailable(exc, index) from exc
         finally:
             await client.aclose(close_connection_pool=True)
@@ -300,7 +347,7 @@ class RedisChannelLayer(ChannelLayer):
         try:
             pipe = self._client(index).pipeline(transaction=False)
             pipe.zadd(self._group_key(group), {channel: now for channel in channels})
-            pipe.expire(self._group_key(group), int(self.group_expiry))
+            pipe.expire(self._group_key(group), ttl(self.group_expiry))
             await pipe.execute()
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc, index) from exc
@@ -314,12 +361,14 @@ class RedisChannelLayer(ChannelLayer):
             raise self._unavailable(exc, index) from exc
 
     async def _group_send(self, group: str, message: Dict[str, Any]) -> None:
+        # Refused (too large, not serialisable) whether or not the group has members, as in memory.
+        data = encode(message, self.max_message_size)
         self._check_up()
         index = shard(group, len(self.urls))
         key = self._group_key(group)
         try:
             pipe = self._client(index).pipeline(transaction=False)
-            pipe.zremrangebyscore(key, 0, int(time.time()) - int(self.group_expiry))
+            pipe.zremrangebyscore(key, 0, time.time() - self.group_expiry)
             pipe.zrange(key, 0, -1)
             _, members = await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -329,6 +378,10 @@ class RedisChannelLayer(ChannelLayer):
         by_key: Dict[str, List[str]] = {}
         for member in members:
             name = member.decode("utf8") if isinstance(member, bytes) else member
+            if self.local.owns(name):
+                # This process's own: handed over here, like send() does (a full one misses it).
+                self.local.deliver(name, decode(data))
+                continue
             by_key.setdefault(self._channel_key(name), []).append(name)
         by_shard: Dict[int, List[str]] = {}
         for channel_key in by_key:
@@ -344,7 +397,7 @@ class RedisChannelLayer(ChannelLayer):
                 client = self._client(target)
                 script = self._group_send_script if target == 0 else client.register_script(_GROUP_SEND)
                 await script(keys=keys, args=[*datas, *([self.capacity] * len(keys)), now,
-                                              int(now) - int(self.expiry), int(self.expiry)], client=client)
+                                              now - self.expiry, ttl(self.expiry)], client=client)
             except (RedisError, OSError) as exc:
                 raise self._unavailable(exc, target) from exc
 
