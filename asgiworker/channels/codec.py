@@ -9,7 +9,7 @@ same size limit and hand every receiver its own copy.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import msgpack
 
@@ -30,6 +30,17 @@ def encode(message: Dict[str, Any], max_size: int) -> bytes:
         raise MessageTooLarge(f"The message is {len(packed)} bytes encoded, over the layer's "
                               f"max_message_size of {max_size} (ASGIWORKER_CHANNEL_MAX_MESSAGE_SIZE)")
     return os.urandom(RANDOM_PREFIX) + packed
+
+
+def copier(message: Dict[str, Any]) -> Callable[[], Dict[str, Any]]:
+    """Makes copies of a decoded message for its other receivers: a flat one (``{'text': ...}``,
+    the usual fan-out) by ``dict()``, one with nested lists or dicts through msgpack, so that no
+    two receivers share a mutable value. (Never by decoding the stored message again: a group
+    message lists its receivers, and decoding it per receiver would cost receivers squared.)"""
+    if not any(isinstance(value, (dict, list)) for value in message.values()):
+        return lambda: dict(message)
+    packed = msgpack.packb(message, use_bin_type=True)
+    return lambda: msgpack.unpackb(packed, raw=False, strict_map_key=False)  # (a map: it was one)
 
 
 def decode(data: bytes) -> Dict[str, Any]:

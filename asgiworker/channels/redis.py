@@ -40,7 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from asgiworker.channels.codec import decode, encode
+from asgiworker.channels.codec import copier, decode, encode
 from asgiworker.channels.errors import ChannelFull, ChannelLayerUnavailable
 from asgiworker.channels.layer import ChannelLayer
 from asgiworker.channels.names import non_local_name
@@ -259,12 +259,11 @@ class RedisChannelLayer(ChannelLayer):
             if self.local.deliver(names, message) is False:
                 self._dropped_full(names)
         elif isinstance(names, list):
+            copy = copier(message) if len(names) > 1 else None
             for i, name in enumerate(names):
                 if isinstance(name, str):
-                    if i:  # each member its own copy, nested values too (dict() would share them)
-                        message = decode(data)
-                        del message["__asgi_channel__"]
-                    if self.local.deliver(name, message) is False:
+                    # each member its own copy, nested values too
+                    if self.local.deliver(name, copy() if i and copy is not None else message) is False:
                         self._dropped_full(name)
 
     def _dropped_full(self, name: str) -> None:
