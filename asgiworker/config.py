@@ -115,6 +115,10 @@ def layer_spec(environ: Mapping[str, str]) -> LayerSpec:
         group_expiry=_seconds(environ, CHANNEL_GROUP_EXPIRY_ENV, 86400.0),
         max_message_size=_positive_int(environ, CHANNEL_MAX_MESSAGE_ENV, 1024 * 1024),
     )
+    if options["group_expiry"] < 3:  # type: ignore[operator]  # a float, read above
+        raise ConfigurationError(
+            f"{CHANNEL_GROUP_EXPIRY_ENV}={environ.get(CHANNEL_GROUP_EXPIRY_ENV)!r} is too short: live "
+            "memberships are refreshed once a second at most often; set it to 3 seconds or more")
     if raw.lower() == "memory":
         return LayerSpec("memory", (), **options)  # type: ignore[arg-type]  # checked above
     urls = tuple(url.strip() for url in raw.split(",") if url.strip())

@@ -268,6 +268,7 @@ BAD_SETTINGS = [
      ["ASGIWORKER_CHANNEL_LAYER='mysql://x'", "neither 'memory' nor a Redis URL", "redis://host:port/db"]),
     ({"ASGIWORKER_CHANNEL_CAPACITY": "0"}, ["ASGIWORKER_CHANNEL_CAPACITY='0' is not a positive whole number"]),
     ({"ASGIWORKER_CHANNEL_GROUP_EXPIRY": "soon"}, ["ASGIWORKER_CHANNEL_GROUP_EXPIRY='soon' is not a positive number"]),
+    ({"ASGIWORKER_CHANNEL_GROUP_EXPIRY": "2"}, ["ASGIWORKER_CHANNEL_GROUP_EXPIRY='2' is too short", "3 seconds or more"]),
 ]
 
 
