@@ -1,8 +1,14 @@
 # Sourced by the other scripts: make .venv (once) and keep it in step with setup.cfg.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
+# The default Python's environment is .venv; another one (PYTHON=python3.13 ./scripts/test.sh)
+# gets its own, .venv-3.13, so that switching back and forth reinstalls nothing.
+if [ -n "${PYTHON:-}" ]; then
+    VENV="$ROOT/.venv-$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+else
+    VENV="$ROOT/.venv"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
