@@ -46,6 +46,8 @@ class GunicornServer:
     def __init__(self, app: str, *args: str, env: Optional[dict] = None, wait: bool = True,
                  cwd: Optional[Path] = None, worker_class: str = "asgiworker.ASGIWorker") -> None:
         self.worker_class = worker_class
+        # Ready means every worker has booted (a test that counts pids must find them all).
+        self.workers = _worker_count(args)
         self.port = free_port()
         self.host = "127.0.0.1"
         self.url = f"http://{self.host}:{self.port}"
@@ -74,8 +76,8 @@ class GunicornServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
-            # The master binds before the worker boots: wait for the worker to say it booted.
-            if "Booting worker" in self.log():
+            # The master binds before the workers boot: wait for each to say it booted.
+            if self.log().count("Booting worker") >= self.workers:
                 try:
                     with socket.create_connection((self.host, self.port), timeout=1) as s:
                         s.sendall(b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -185,6 +187,17 @@ class BootedServers:
                 server.signal(signal.SIGTERM)
         for server in self._servers.values():
             server.stop()
+
+
+def _worker_count(args: "tuple[str, ...]") -> int:
+    """How many workers gunicorn's arguments ask for (the last --workers/-w wins; 1 if none)."""
+    count = 1
+    for i, arg in enumerate(args):
+        if arg in ("--workers", "-w") and i + 1 < len(args):
+            count = int(args[i + 1])
+        elif arg.startswith("--workers="):
+            count = int(arg.split("=", 1)[1])
+    return count
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05):
