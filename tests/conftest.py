@@ -77,7 +77,8 @@ class GunicornServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
             # The master binds before the workers boot: wait for each to say it booted.
-            if self.log().count("Booting worker") >= self.workers:
+            # (getattr: subclasses that build their own command line wait for one.)
+            if self.log().count("Booting worker") >= getattr(self, "workers", 1):
                 try:
                     with socket.create_connection((self.host, self.port), timeout=1) as s:
                         s.sendall(b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
