@@ -21,27 +21,6 @@ fi
 # 1000 client sockets and 1000 server sockets, plus Redis's.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-# fanout.py kills every process group it starts (Redis, each Gunicorn, the clients, the ticker)
-# when done or interrupted, and they die with it (PDEATHSIG); should it be killed outright,
-# this trap kills the groups it listed in $PGIDS.
-PGIDS="$(mktemp "${TMPDIR:-/tmp}/fanout-pgids.XXXXXX")"
-runner=""
-cleanup() {
-    if [ -n "$runner" ]; then
-        kill -TERM "$runner" 2>/dev/null || true
-        wait "$runner" 2>/dev/null || true
-    fi
-    while read -r pgid; do
-        [ -n "$pgid" ] && kill -KILL -- "-$pgid" 2>/dev/null || true
-    done < "$PGIDS"
-    rm -f "$PGIDS"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-BENCH_PGID_FILE="$PGIDS" "$PY" "$HERE/fanout.py" "$@" &
-runner=$!
-status=0
-wait "$runner" || status=$?
-runner=""
-exit "$status"
+source "$HERE/_guarded.sh"
+run_guarded "$PY" "$HERE/fanout.py" "$@"
+exit $?

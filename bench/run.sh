@@ -39,28 +39,6 @@ fi
 # 1000 connections: the servers and wrk each need that many descriptors, and more.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-# The runner kills each server's process group after its run, and all of them when it is
-# interrupted (Ctrl-C, SIGTERM, SIGHUP). Should the runner itself die without cleaning up (e.g.
-# SIGKILL), this trap kills the process groups it listed as running in $PGIDS.
-PGIDS="$(mktemp "${TMPDIR:-/tmp}/asgibench-pgids.XXXXXX")"
-runner=""
-cleanup() {
-    if [ -n "$runner" ]; then
-        kill -TERM "$runner" 2>/dev/null || true
-        wait "$runner" 2>/dev/null || true
-    fi
-    while read -r pgid; do
-        [ -n "$pgid" ] && kill -KILL -- "-$pgid" 2>/dev/null || true
-    done < "$PGIDS"
-    rm -f "$PGIDS"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-# In the background so that this shell's traps run at once on a signal.
-BENCH_PGID_FILE="$PGIDS" "$VENV/bin/python" "$HERE/bench.py" "$@" &
-runner=$!
-status=0
-wait "$runner" || status=$?
-runner=""
-exit "$status"
+source "$HERE/_guarded.sh"
+run_guarded "$VENV/bin/python" "$HERE/bench.py" "$@"
+exit $?

@@ -215,10 +215,9 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
 # -- Redis, for the channel layer's tests (tests/redis_server.py) ------------------------------------
 
 
-@pytest.fixture(scope="session")
-def redis_server():
-    """One redis-server for the whole session (stopped at the end); skipped where there is none
-    and none can be installed."""
+def _redis_server():
+    """A started redis-server, closed when the fixture ends; the test is skipped where there is
+    none and none can be installed."""
     from tests.redis_server import RedisServer, RedisUnavailable
 
     try:
@@ -227,6 +226,12 @@ def redis_server():
         pytest.skip(str(exc))
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One redis-server for the whole session (stopped at the end)."""
+    yield from _redis_server()
 
 
 @pytest.fixture(scope="session")
@@ -246,11 +251,4 @@ def fresh_redis(redis_server):
 @pytest.fixture
 def own_redis():
     """A private redis-server for tests that kill, stall or restart it."""
-    from tests.redis_server import RedisServer, RedisUnavailable
-
-    try:
-        server = RedisServer()
-    except RedisUnavailable as exc:
-        pytest.skip(str(exc))
-    yield server
-    server.close()
+    yield from _redis_server()
