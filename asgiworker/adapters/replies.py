@@ -127,7 +127,7 @@ class Endpoint:
                 return False
             try:
                 if outbox.websocket:
-                    queuewebsocket_reply(outbox, reply)
+                    queue_websocket_reply(outbox, reply)
                 else:
                     queue_http_reply(outbox, reply, strict=False)
             except (InvalidReply, ResponseAlreadySent, OSError) as exc:
@@ -208,7 +208,7 @@ class WebSocketReplyChannel:
         self._outbox = outbox
 
     def send(self, message: Dict[str, Any]) -> None:
-        queuewebsocket_reply(self._outbox, message)
+        queue_websocket_reply(self._outbox, message)
 
     @property
     def name(self) -> str:
@@ -227,22 +227,26 @@ class WebSocketReplyChannel:
         return f"<WebSocketReplyChannel closed={self._outbox.finished}>"
 
 
-def queuewebsocket_reply(outbox: Outbox, message: Any) -> None:
+def queue_websocket_reply(outbox: Outbox, message: Any) -> None:
     with REPLY_LOCK:
         if outbox.disconnect is not None:
             raise type(outbox.disconnect)(*outbox.disconnect.args)
         if outbox.finished:
             raise ResponseAlreadySent("This WebSocket has already been closed by a 'close' reply")
-        messages = _websocketto_asgi(message)
-        outbox.queue.extend(messages)
-        outbox.finished = messages[-1]["type"] == "websocket.close"
+        if type(message) is dict and len(message) == 1 and type(message.get("text")) is str:
+            # The usual reply (and every fan-out's): one text message, nothing else to check.
+            outbox.queue.append({"type": "websocket.send", "text": message["text"]})
+        else:
+            messages = websocket_to_asgi(message)
+            outbox.queue.extend(messages)
+            outbox.finished = messages[-1]["type"] == "websocket.close"
     outbox.wake()
 
 
 WEBSOCKET_REPLY_KEYS = frozenset(("accept", "subprotocol", "text", "bytes", "close"))
 
 
-def _websocketto_asgi(message: Any) -> "list[Dict[str, Any]]":
+def websocket_to_asgi(message: Any) -> "list[Dict[str, Any]]":
     if not isinstance(message, dict):
         raise InvalidReply(f"A reply must be a dict, got {type(message).__name__}")
     unknown = message.keys() - WEBSOCKET_REPLY_KEYS
