@@ -1021,7 +1021,9 @@ def test_tick_while_other_threads_attach_and_join() -> None:
             while not stop.is_set():
                 name = layer.attach(Endpoint())
                 layer.group_add_nowait("churn", name)
-                layer.group_discard_nowait("churn", name) if n % 2 else layer.detach(name)
+                # The tables change here, in this thread; waiting for the queued call keeps the
+                # thread at the loop's pace (unpaced, it would only meet MAX_PENDING_CALLS).
+                (layer.group_discard_nowait("churn", name).result(5) if n % 2 else layer.detach(name))
                 n += 1
             return n
 
@@ -1036,5 +1038,28 @@ def test_tick_while_other_threads_attach_and_join() -> None:
             stop.set()
             sys.setswitchinterval(switch)
             assert await asyncio.wait_for(thread, 10) > 0
+
+    backend.run(main)
+
+
+def test_calls_from_a_thread_are_bounded_before_they_reach_the_loop() -> None:
+    """A thread calling *_nowait faster than the loop runs them (here: while the loop is blocked)
+    gets ChannelFull at once past MAX_PENDING_CALLS, instead of filling the loop's callback queue."""
+    from asgiworker.channels.layer import MAX_PENDING_CALLS
+
+    backend = Backend("memory")
+    extra = 300
+
+    async def main(layer: ChannelLayer) -> None:
+        pendings: List[Any] = []
+        thread = threading.Thread(target=lambda: pendings.extend(
+            layer.group_add_nowait("bounded", f"member{i}") for i in range(MAX_PENDING_CALLS + extra)))
+        thread.start()
+        thread.join()  # the loop is blocked meanwhile: every call is still on its way to it
+        refused = [p for p in pendings if p.done()]
+        assert len(refused) == extra
+        assert all(isinstance(p.exception(), ChannelFull) for p in refused)
+        await until(lambda: all(p.done() for p in pendings), timeout=10, what="the accepted calls run")
+        assert sum(p.exception() is None for p in pendings) == MAX_PENDING_CALLS
 
     backend.run(main)

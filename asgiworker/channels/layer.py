@@ -55,6 +55,8 @@ class ChannelLayer:
         self._loop_thread: Optional[int] = None
         self._calls: Deque[Tuple[Callable[..., Awaitable[Any]], Tuple[Any, ...], "concurrent.futures.Future[Any]"]] = deque()
         self._runner: Optional[asyncio.Task[None]] = None
+        self._in_transit = 0  # calls from other threads on their way to the loop
+        self._in_transit_lock = threading.Lock()
         # Live memberships are re-added this often: well before group_expiry drops them.
         self.refresh_interval = max(1.0, group_expiry / 3)
         self._next_refresh = time.monotonic() + self.refresh_interval
@@ -187,8 +189,20 @@ class ChannelLayer:
         if threading.get_ident() == self._loop_thread:
             self._enqueue(item)
         else:
-            loop.call_soon_threadsafe(self._enqueue, item)
+            # Counted from here: a thread that calls faster than the loop runs the calls must
+            # meet the bound too, not fill the loop's own queue of callbacks first.
+            with self._in_transit_lock:
+                if self._in_transit + len(self._calls) >= MAX_PENDING_CALLS:
+                    future.set_exception(ChannelFull(f"{MAX_PENDING_CALLS} layer calls are already queued in this worker"))
+                    return Pending(future, self._loop_thread, what, self.log)
+                self._in_transit += 1
+            loop.call_soon_threadsafe(self._arrive, item)
         return Pending(future, self._loop_thread, what, self.log)
+
+    def _arrive(self, item: Tuple[Callable[..., Awaitable[Any]], Tuple[Any, ...], "concurrent.futures.Future[Any]"]) -> None:
+        with self._in_transit_lock:
+            self._in_transit -= 1
+        self._enqueue(item)
 
     def _enqueue(self, item: Tuple[Callable[..., Awaitable[Any]], Tuple[Any, ...], "concurrent.futures.Future[Any]"]) -> None:
         if len(self._calls) >= MAX_PENDING_CALLS:
