@@ -36,13 +36,33 @@ class ConsumerDidNotReply(RuntimeError):
     """The consumer let go of its reply channel without ending the response."""
 
 
-class ReplyChannel:
-    """``message['reply_channel']``: ``send()`` answers the request, from any thread."""
+class _NamedChannel:
+    """What both reply channels share: the outbox, and a name on the channel layer made the first
+    time ``.name`` is read, which any process on the layer can send to (``Endpoint`` takes what
+    arrives). Two wrappers of one outbox are the same channel (events get wrappers of their own)."""
 
     __slots__ = ("_outbox", "__weakref__")
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
+
+    @property
+    def name(self) -> str:
+        outbox = self._outbox
+        return outbox.name if outbox.name is not None else outbox.attach(Endpoint(outbox))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._outbox is self._outbox
+
+    def __hash__(self) -> int:
+        return id(self._outbox)
+
+
+class ReplyChannel(_NamedChannel):
+    """``message['reply_channel']``: ``send()`` answers the request, from any thread. Its
+    ``name`` lets any process on the layer answer (or stream more of) the response."""
+
+    __slots__ = ()
 
     def send(self, message: Dict[str, Any]) -> None:
         """Queue one reply. The first carries ``status`` (and optional ``headers``, ``content``,
@@ -50,25 +70,12 @@ class ReplyChannel:
         with the first reply whose ``more_content`` is false or absent."""
         queue_http_reply(self._outbox, message, strict=True)
 
-    @property
-    def name(self) -> str:
-        """This reply channel's name on the channel layer: ``layer.send(name, reply)`` from any
-        process on the layer answers (or streams more of) this response."""
-        outbox = self._outbox
-        return outbox.name if outbox.name is not None else outbox.attach(Endpoint(outbox))
-
     def __del__(self) -> None:
         outbox = self._outbox
         # A named response can still be answered through the layer: it is not abandoned.
         if not outbox.finished and outbox.name is None:
             outbox.abandoned = True
             outbox.wake()
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ReplyChannel) and other._outbox is self._outbox
-
-    def __hash__(self) -> int:
-        return id(self._outbox)
 
     def __repr__(self) -> str:
         return f"<ReplyChannel started={self._outbox.started} finished={self._outbox.finished}>"
@@ -197,31 +204,17 @@ def to_asgi(message: Any, first: bool, whole: bool = False) -> "list[Dict[str, A
     return [{"type": "http.response.start", "status": status, "headers": headers}, body]
 
 
-class WebSocketReplyChannel:
+class WebSocketReplyChannel(_NamedChannel):
     """``message['reply_channel']`` for WebSocket consumers: ``{'accept': True}`` (optional
     ``subprotocol``), ``{'text': str}``, ``{'bytes': bytes}``, ``{'close': True}`` or
-    ``{'close': code}``; keys may be combined and apply in that order. Thread-safe."""
+    ``{'close': code}``; keys may be combined and apply in that order. Thread-safe. Its ``name``
+    lets any process on the layer reach the socket (a message with another ``type`` reaches the
+    consumer)."""
 
-    __slots__ = ("_outbox", "__weakref__")
-
-    def __init__(self, outbox: Outbox) -> None:
-        self._outbox = outbox
+    __slots__ = ()
 
     def send(self, message: Dict[str, Any]) -> None:
         queue_websocket_reply(self._outbox, message)
-
-    @property
-    def name(self) -> str:
-        """This socket's name on the channel layer: ``layer.send(name, {'text': ...})`` from any
-        process on the layer reaches it; a message with another ``type`` reaches its consumer."""
-        outbox = self._outbox
-        return outbox.name if outbox.name is not None else outbox.attach(Endpoint(outbox))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, WebSocketReplyChannel) and other._outbox is self._outbox
-
-    def __hash__(self) -> int:
-        return id(self._outbox)
 
     def __repr__(self) -> str:
         return f"<WebSocketReplyChannel closed={self._outbox.finished}>"

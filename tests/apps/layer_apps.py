@@ -37,6 +37,7 @@ from typing import Any, Dict
 from urllib.parse import parse_qs
 
 from asgiworker.channels import ChannelFull, Group, Pending, get_channel_layer
+from tests.apps.consumers import reply_json
 
 API = ("send", "receive", "new_channel", "group_add", "group_discard", "group_send", "flush")
 NOWAIT_API = ("send_nowait", "group_add_nowait", "group_discard_nowait", "group_send_nowait", "flush_nowait")
@@ -56,15 +57,6 @@ def write_report(message: Dict[str, Any], data: Any) -> None:
         with open(path + ".tmp", "w") as f:
             json.dump(data, f)
         os.replace(path + ".tmp", path)
-
-
-def reply_json(message: Dict[str, Any], data: Any, status: int = 200) -> None:
-    body = json.dumps(data).encode()
-    message["reply_channel"].send({
-        "status": status,
-        "headers": [[b"content-type", b"application/json"], [b"content-length", b"%d" % len(body)]],
-        "content": body,
-    })
 
 
 def from_json(value: Any) -> Any:
