@@ -20,6 +20,10 @@ from asgiworker.tls import read_server_cert
 
 APP_KIND_ENV = "ASGIWORKER_APP_KIND"
 HEADER_TIMEOUT_ENV = "ASGIWORKER_HEADER_TIMEOUT"
+BODY_TIMEOUT_ENV = "ASGIWORKER_BODY_TIMEOUT"
+SEND_TIMEOUT_ENV = "ASGIWORKER_SEND_TIMEOUT"
+LINGER_TIMEOUT_ENV = "ASGIWORKER_LINGER_TIMEOUT"
+WS_HANDSHAKE_TIMEOUT_ENV = "ASGIWORKER_WS_HANDSHAKE_TIMEOUT"
 SERVER_HEADER_ENV = "ASGIWORKER_SERVER_HEADER"
 LIFESPAN_ENV = "ASGIWORKER_LIFESPAN"
 ROOT_PATH_ENV = "ASGIWORKER_ROOT_PATH"
@@ -48,6 +52,14 @@ class Settings:
 
     keepalive: float = 2.0
     header_timeout: float = 10.0
+    # A request body that stops arriving (while we read) for this long is given up (408).
+    body_timeout: float = 20.0
+    # A client that takes none of our output (the socket's buffer stays full) for this long is cut.
+    send_timeout: float = 30.0
+    # A closing connection reads and discards input for at most this long (RFC 9112 9.6).
+    linger_timeout: float = 2.0
+    # A WebSocket app must accept or refuse within this long of the handshake.
+    ws_handshake_timeout: float = 5.0
     limit_request_line: int = 4094
     limit_request_fields: int = 100
     limit_request_field_size: int = 8190
@@ -78,6 +90,10 @@ class Settings:
         return cls(
             keepalive=float(cfg.keepalive),
             header_timeout=_seconds(environ, HEADER_TIMEOUT_ENV, 10.0),
+            body_timeout=_seconds(environ, BODY_TIMEOUT_ENV, 20.0),
+            send_timeout=_seconds(environ, SEND_TIMEOUT_ENV, 30.0),
+            linger_timeout=_seconds(environ, LINGER_TIMEOUT_ENV, 2.0, allow_zero=True),
+            ws_handshake_timeout=_seconds(environ, WS_HANDSHAKE_TIMEOUT_ENV, 5.0),
             # Gunicorn uses 0 to mean "unlimited" for these.
             limit_request_line=int(cfg.limit_request_line) or 1 << 30,
             limit_request_fields=int(cfg.limit_request_fields) or 1 << 30,

@@ -397,11 +397,13 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self.flow.resume_reading()
         session.start(self.transport, self._websocket_leftover)
 
-    def _reject(self, status: int, reason: str) -> None:
+    def _reject(self, status: int, reason: str, quiet: bool = False) -> None:
         """A bad request: nothing after it is read; its error response goes out now, or after the
-        requests before it. One whose body is arriving is cut off (its app sees a disconnect)."""
+        requests before it. One whose body is arriving is cut off (its app sees a disconnect).
+        ``quiet``: the client is slow rather than wrong (logged at info level)."""
         self._phase = REJECTING
-        self.state.log.warning("Invalid request from %s: %s", self.client[0] if self.client else "?", reason)
+        log = self.state.log.info if quiet else self.state.log.warning
+        log("%s from %s: %s", "Closing connection" if quiet else "Invalid request", self._peer_host(), reason)
         response = error_response(status, reason, self.state.default_headers)
         parsing = self._parsing
         if parsing is not None:
@@ -450,6 +452,22 @@ class HttpConnection(RequestReader, asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         if self._phase >= CLOSED:
             return
+        settings = self.settings
+        if self.flow.stalled_for(now) > settings.send_timeout:
+            # The client takes none of our output (slow read): its buffer is ours to free. Its
+            # app, if one is writing, sees the disconnect.
+            self.state.log.info("Closing connection from %s: it read nothing of the response for %gs",
+                                self._peer_host(), settings.send_timeout)
+            self.abort()
+            return
+        parsing = self._parsing
+        if parsing is not None and parsing.more_body and not self.flow.reading_paused \
+                and now - self._last_activity > settings.body_timeout:
+            # A body that stopped arriving while we were reading it (slow body); not when the app
+            # is the slow one (reading is then paused by us).
+            self._reject(408, "Request Timeout: the request body stopped arriving for %gs" % settings.body_timeout,
+                         quiet=True)
+            return
         active = self._active
         if active is not None:
             task = active.task
@@ -458,12 +476,15 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             # Nothing runs for this connection any more although requests are queued: the idle
             # and header timeouts below apply, so that a stalled connection cannot live forever.
         if self._head_started is not None:
-            if now - self._head_started > self.settings.header_timeout:
+            if now - self._head_started > settings.header_timeout:
                 self.state.log.info("Closing connection from %s: request head not received in %gs",
-                                    self.client[0] if self.client else "?", self.settings.header_timeout)
+                                    self._peer_host(), settings.header_timeout)
                 self.send_and_close(error_response(408, "Request Timeout", self.state.default_headers))
-        elif self._parsing is None and now - self._last_activity > self.settings.keepalive:
+        elif parsing is None and now - self._last_activity > settings.keepalive:
             self._close()
+
+    def _peer_host(self) -> str:
+        return self.client[0] if self.client else "?"
 
     def shutdown(self) -> None:
         self.stopping = True

@@ -14,13 +14,16 @@ from typing import Any, Optional
 
 
 class FlowControl:
-    __slots__ = ("_transport", "_loop", "reading_paused", "writing_paused", "_drain_waiter", "closed")
+    __slots__ = ("_transport", "_loop", "reading_paused", "writing_paused", "writing_paused_at", "_drain_waiter",
+                 "closed")
 
     def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self.reading_paused = False
         self.writing_paused = False
+        # When the transport's buffer last filled up (for the send timeout).
+        self.writing_paused_at = 0.0
         self._drain_waiter: Optional[asyncio.Future[None]] = None
         self.closed = False
 
@@ -40,6 +43,11 @@ class FlowControl:
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self.writing_paused_at = self._loop.time()
+
+    def stalled_for(self, now: float) -> float:
+        """How long the client has taken none of our output (0 if the buffer is not full)."""
+        return now - self.writing_paused_at if self.writing_paused and not self.closed else 0.0
 
     def resume_writing(self) -> None:
         self.writing_paused = False
