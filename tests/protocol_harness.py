@@ -24,8 +24,12 @@ FROZEN_DEFAULT_HEADERS = b"date: Thu, 01 Jan 2015 00:00:00 GMT\r\nserver: asgiwo
 
 class FakeTransport(asyncio.Transport):
     def __init__(self, loop: asyncio.AbstractEventLoop, protocol: asyncio.Protocol,
-                 peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8000)) -> None:
+                 peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8000), half_close: bool = False) -> None:
         super().__init__()
+        # Whether write_eof() is offered (a TCP socket's half-close); off by default, so that a
+        # closing connection closes at once, as over TLS.
+        self.half_close = half_close
+        self.eof_written = False
         self.loop = loop
         self.protocol = protocol
         self.written: List[bytes] = []
@@ -43,7 +47,7 @@ class FakeTransport(asyncio.Transport):
         return self._extra.get(name, default)
 
     def write(self, data: Any) -> None:
-        if self.closing:
+        if self.closing or self.eof_written:
             # A real transport drops (or refuses) these; keep them aside for tests to look at.
             self.writes_after_close.append(bytes(data))
             return
@@ -63,6 +67,13 @@ class FakeTransport(asyncio.Transport):
 
     def is_reading(self) -> bool:
         return not self.reading_paused
+
+    def can_write_eof(self) -> bool:
+        return self.half_close
+
+    def write_eof(self) -> None:
+        assert self.half_close, "write_eof() on a transport that cannot half-close"
+        self.eof_written = True
 
     def is_closing(self) -> bool:
         return self.closing
@@ -89,14 +100,14 @@ class Harness:
     """One ``HttpConnection`` over a ``FakeTransport`` on ``loop``, serving ``app``."""
 
     def __init__(self, app, loop: asyncio.AbstractEventLoop, settings: Optional[Settings] = None,
-                 logger_name: str = "tests.protocol_harness") -> None:
+                 logger_name: str = "tests.protocol_harness", half_close: bool = False) -> None:
         self.loop = loop
         self.state = ServerState(app, settings or Settings(), logging.getLogger(logger_name), loop)
         # The Date header is refreshed by the worker's ticker, which does not run here: freeze it
         # so that outputs are comparable byte for byte.
         self.state.default_headers = FROZEN_DEFAULT_HEADERS
         self.conn = HttpConnection(self.state)
-        self.transport = FakeTransport(loop, self.conn)
+        self.transport = FakeTransport(loop, self.conn, half_close=half_close)
         self.conn.connection_made(self.transport)
 
     def output(self) -> bytes:

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.conformance_client import events, get, new_key, rss_kb
-from tests.conftest import GunicornServer
+from tests.conftest import GunicornServer, wait_for
 from tests.targets import exchange
 from tests.wire import connect, parse_all, parse_one, read_response
 
@@ -134,37 +134,42 @@ def test_receive_returns_disconnect_when_client_leaves(server):
     assert sum(x["len"] for x in before) == 10, evs
 
 
-def open_sockets(pid: int) -> int:
-    count = 0
+def holds_socket_of(pid: int, client_port: int) -> bool:
+    """Whether process ``pid`` still has the accepted socket of the client on ``client_port``
+    (found by its inode in /proc/net/tcp*: other sockets of the worker, say one still closing
+    from an earlier test, do not count)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == client_port:
+                inodes.add(f"socket:[{fields[9]}]")
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
         except OSError:
             pass
-    return count
-
-
-def wait_sockets(pid: int, want: int, timeout: float = 3.0) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        n = open_sockets(pid)
-        if n <= want or time.monotonic() > deadline:
-            return n
-        time.sleep(0.05)
+    return False
 
 
 def test_disconnect_mid_body_frees_the_connection(server):
     key = new_key()
-    baseline = open_sockets(server.pid)
     with connect(server.port) as s:
+        port = s.getsockname()[1]
         s.sendall(b"POST /wait-body?key=%s HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789"
                   % key.encode())
         time.sleep(0.3)
-        assert open_sockets(server.pid) == baseline + 1
+        assert holds_socket_of(server.pid, port)
     evs = events(server, key, want=lambda e: any(x["type"] == "http.disconnect" for x in e))
     assert evs and evs[-1]["type"] == "http.disconnect", evs
-    left = wait_sockets(server.pid, baseline)
-    assert left == baseline, f"the worker still holds {left - baseline} socket(s) of a client that left"
+    assert wait_for(lambda: not holds_socket_of(server.pid, port), timeout=3.0), \
+        "the worker still holds the socket of a client that left"
 
 
 def test_half_close_mid_body_ends_the_connection(server):

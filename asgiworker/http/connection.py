@@ -40,6 +40,8 @@ from asgiworker.wire.lines import error_response
 # The body buffered for the app is bounded by reader.BODY_HIGH_WATER; reading resumes below this.
 BODY_LOW_WATER = 64 * 1024
 _SHORT_READ = MAX_PIPELINED * MIN_REQUEST
+# At a graceful stop, an idle kept-alive connection is closed after this long without a request.
+SHUTDOWN_IDLE_GRACE = 1.0
 # One shared dict, with nothing per request in it.
 HTTP_EXTENSIONS: Dict[str, Any] = {RESPONSE_COMPLETE: {}}
 
@@ -113,6 +115,10 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._since_boundary: Optional[bytes] = None
         self._websocket_leftover = b""
         self._last_activity = self.loop.time()
+        # The client has shut its side (no EOF will come to end a lingering close).
+        self._peer_closed = False
+        # Closing in stages (RFC 9112 9.6): our side is shut; input is discarded until then.
+        self._linger_until: Optional[float] = None
 
     @property
     def closed(self) -> bool:
@@ -171,8 +177,10 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         # A client may shut down its write side after its request and still wait for the
         # answer: keep the transport open while there is a request to answer. Its requests whose
         # body is complete learn it from receive() (`http.disconnect`) and may still send their
-        # response; one whose body was cut short is disconnected.
-        if self._active is None and not self._pipeline:
+        # response; one whose body was cut short is disconnected. (A lingering close ends here:
+        # the transport closes itself.)
+        self._peer_closed = True
+        if (self._active is None and not self._pipeline) or self._phase >= CLOSED:
             return None
         if self._phase == OPEN:
             self._phase = FINISHING
@@ -434,25 +442,55 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._close()
 
     def _close(self) -> None:
+        """Close in stages (RFC 9112 9.6): what was written goes out, then our side is shut
+        (FIN), and what the client still sends is read and discarded until it closes too, or
+        for at most ``linger_timeout``. Closing at once would make the kernel answer any unread
+        or later input with a reset, which can destroy our last response before the client reads
+        it, and leaves the client unable to tell whether its request was read. (TLS has its own
+        close, close_notify: closed at once.)"""
         if self._phase < CLOSED:
             self._phase = CLOSED
             self.out.close()
-            self.transport.close()
+            transport = self.transport
+            linger = self.settings.linger_timeout
+            if linger and not self._peer_closed and transport.can_write_eof():
+                transport.write_eof()  # (after the buffered output)
+                self._linger_until = self.loop.time() + linger
+                self.flow.resume_reading()  # input is discarded now: read it, whatever held it
+            else:
+                transport.close()
 
     def abort(self) -> None:
         """Cut the connection at once (what the app sent before failing goes out first, as it
         would unbuffered)."""
-        if self._phase < CLOSED and self.transport is not None:
+        if self.transport is None:
+            return
+        if self._phase < CLOSED:
             self._phase = CLOSED
             self.out.close()
             self.transport.abort()
+        elif self._linger_until is not None:
+            self._end_linger(abort=self.flow.writing_paused)
+
+    def _end_linger(self, abort: bool) -> None:
+        """The lingering close is over: close (after what is still buffered), or cut."""
+        self._linger_until = None
+        if abort:
+            self.transport.abort()
+        elif not self.transport.is_closing():
+            self.transport.close()
 
     # -- the worker's once-a-second tick and shutdown -----------------------------------------
 
     def check_timeouts(self, now: float) -> None:
-        if self._phase >= CLOSED:
-            return
         settings = self.settings
+        if self._phase >= CLOSED:
+            until = self._linger_until
+            if until is not None:
+                stalled = self.flow.stalled_for(now) > settings.send_timeout
+                if stalled or now >= until:
+                    self._end_linger(abort=stalled)
+            return
         if self.flow.stalled_for(now) > settings.send_timeout:
             # The client takes none of our output (slow read): its buffer is ours to free. Its
             # app, if one is writing, sees the disconnect.
@@ -480,20 +518,20 @@ class HttpConnection(RequestReader, asyncio.Protocol):
                 self.state.log.info("Closing connection from %s: request head not received in %gs",
                                     self._peer_host(), settings.header_timeout)
                 self.send_and_close(error_response(408, "Request Timeout", self.state.default_headers))
-        elif parsing is None and now - self._last_activity > settings.keepalive:
+        elif parsing is None and now - self._last_activity > (
+                settings.keepalive if not self.stopping else min(settings.keepalive, SHUTDOWN_IDLE_GRACE)):
             self._close()
 
     def _peer_host(self) -> str:
         return self.client[0] if self.client else "?"
 
     def shutdown(self) -> None:
+        """A graceful stop begins: every response from now on says `connection: close`. Nothing
+        is closed here: an idle kept-alive connection may be carrying the client's next request
+        right now, and closing it would make the client guess whether it was read. It gets
+        ``SHUTDOWN_IDLE_GRACE`` (at most its keep-alive) to send one, which is answered, then is
+        closed in stages; a connection that has not sent its first request yet likewise."""
         self.stopping = True
-        # Close now only between two requests of a kept-alive connection. A connection that has
-        # not sent its first request yet was accepted to be served: it gets its answer (with
-        # `connection: close`), or the keep-alive timeout if nothing comes.
-        if self._active is None and not self._pipeline and self._head_started is None and self._parsing is None \
-                and self._served:
-            self._close()
 
 
 def _cancel_if_running(task: "asyncio.Task[None]") -> None:

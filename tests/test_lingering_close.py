@@ -1,0 +1,202 @@
+"""Closing in stages (RFC 9112 9.6), the graceful stop's grace for idle connections, and the
+body and send timeouts: the exact rules, in-process on the protocol harness over a transport that
+can half-close, as a TCP socket can. (Through real sockets, with the load that used to give
+resets: tests/test_clean_close.py; the slow-client attacks: tests/test_slow_clients.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, List
+
+import pytest
+import uvloop
+
+from asgiworker.config import Settings
+from asgiworker.http.connection import SHUTDOWN_IDLE_GRACE
+from tests.protocol_harness import Harness
+
+GET = b"GET /%s HTTP/1.1\r\nHost: t\r\n\r\n"
+GET_CLOSE = b"GET /%s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+@pytest.fixture
+def loop():
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+class Recorder:
+    """An app answering each request with its path, recording the paths and what receive() gave."""
+
+    def __init__(self) -> None:
+        self.paths: List[str] = []
+        self.received: List[dict] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.paths.append(scope["path"])
+        if scope["method"] == "POST":
+            while True:
+                message = await receive()
+                self.received.append(message)
+                if message["type"] == "http.disconnect" or not message.get("more_body"):
+                    break
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def harness(loop, app=None, **settings: Any) -> Harness:
+    h = Harness(app or Recorder(), loop, Settings(**settings), half_close=True)
+    h.app = h.state.app  # type: ignore[attr-defined]  # (the tests read the recorder's notes)
+    return h
+
+
+def test_connection_close_half_closes_then_discards_input_until_the_client_closes(loop):
+    h = harness(loop)
+    loop.run_until_complete(h.feed([GET_CLOSE % b"a"]))
+    assert h.output().endswith(b"\r\n\r\nok") and b"connection: close" in h.output()
+    # Our side is shut (FIN after the response); the socket stays open to read.
+    assert h.transport.eof_written and not h.transport.closing
+    # What the client still sends is read and discarded, never parsed as a request.
+    loop.run_until_complete(h.feed([GET % b"b", b"x" * 100_000]))
+    assert h.app.paths == ["/a"] and not h.transport.reading_paused
+    # The client's FIN ends it: the transport closes itself (eof_received says so).
+    assert not h.conn.eof_received()
+
+
+def test_a_client_that_never_closes_is_closed_after_the_linger_timeout(loop):
+    h = harness(loop, linger_timeout=2.0)
+    loop.run_until_complete(h.feed([GET_CLOSE % b"a"]))
+    now = loop.time()
+    h.conn.check_timeouts(now + 1.5)
+    assert not h.transport.closing
+    h.conn.check_timeouts(now + 2.1)
+    assert h.transport.closing and not h.transport.aborted
+
+
+def test_idle_keepalive_timeout_closes_in_stages(loop):
+    h = harness(loop, keepalive=1.0)
+    loop.run_until_complete(h.feed([GET % b"a"]))
+    h.conn.check_timeouts(loop.time() + 1.2)
+    assert h.transport.eof_written and not h.transport.closing
+    # A request that crossed our FIN is discarded (the client sees the close, never a reset).
+    loop.run_until_complete(h.feed([GET % b"b"]))
+    assert h.app.paths == ["/a"]
+
+
+def test_an_error_response_lingers_so_that_the_client_can_read_it(loop):
+    h = harness(loop)
+    loop.run_until_complete(h.feed([b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"]))
+    assert h.output().startswith(b"HTTP/1.1 400 ")
+    assert h.transport.eof_written and not h.transport.closing
+    loop.run_until_complete(h.feed([b"y" * 65536]))  # the rest of a body we refused
+    assert not h.transport.closing
+
+
+def test_no_linger_when_the_client_has_already_closed_its_side(loop):
+    h = harness(loop)
+    h.conn.data_received(GET_CLOSE % b"a")
+    assert h.conn.eof_received()  # kept open: its request is still being answered
+    loop.run_until_complete(h.settle(loop.time() + 2))
+    assert h.transport.closing and not h.transport.eof_written
+
+
+def test_linger_timeout_zero_closes_at_once(loop):
+    h = harness(loop, linger_timeout=0.0)
+    loop.run_until_complete(h.feed([GET_CLOSE % b"a"]))
+    assert h.transport.closing and not h.transport.eof_written
+
+
+def test_a_lingering_connection_whose_client_reads_nothing_is_cut_by_the_send_timeout(loop):
+    h = harness(loop, linger_timeout=60.0, send_timeout=5.0)
+    loop.run_until_complete(h.feed([GET_CLOSE % b"a"]))
+    h.conn.pause_writing()  # the response is stuck in the socket's buffer
+    now = loop.time()
+    h.conn.check_timeouts(now + 4.0)
+    assert not h.transport.closing
+    h.conn.check_timeouts(now + 5.5)
+    assert h.transport.aborted
+
+
+def test_graceful_stop_gives_idle_connections_a_grace_for_one_more_request(loop):
+    h = harness(loop, keepalive=30.0)
+    loop.run_until_complete(h.feed([GET % b"a"]))
+    h.state.shutdown()
+    assert not h.transport.eof_written and not h.transport.closing
+    # The next request, sent just after the stop began, is answered and told the connection closes.
+    loop.run_until_complete(h.feed([GET % b"b"]))
+    assert h.app.paths == ["/a", "/b"]
+    second = h.output().split(b"HTTP/1.1 200 ")[2]
+    assert b"connection: close" in second
+    assert h.transport.eof_written
+
+
+def test_graceful_stop_closes_a_still_idle_connection_after_the_grace(loop):
+    h = harness(loop, keepalive=30.0)
+    loop.run_until_complete(h.feed([GET % b"a"]))
+    h.state.shutdown()
+    now = loop.time()
+    h.conn.check_timeouts(now + SHUTDOWN_IDLE_GRACE * 0.5)
+    assert not h.transport.eof_written
+    h.conn.check_timeouts(now + SHUTDOWN_IDLE_GRACE + 0.1)
+    assert h.transport.eof_written and h.app.paths == ["/a"]
+
+
+def test_the_graceful_deadline_ends_a_lingering_close(loop):
+    h = harness(loop)
+    loop.run_until_complete(h.feed([GET_CLOSE % b"a"]))
+    h.state.force_close()
+    assert h.transport.closing and not h.transport.aborted  # its response was flushed: a close, not a cut
+
+
+# -- the body and send timeouts ---------------------------------------------------------------------
+
+POST_HEAD = b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n"
+
+
+def test_a_body_that_stops_arriving_gets_408_and_the_app_a_disconnect(loop):
+    h = harness(loop, body_timeout=3.0)
+    h.conn.data_received(POST_HEAD + b"x" * 10)
+    loop.run_until_complete(asyncio.sleep(0.01))  # the app now waits in receive() for the rest
+    now = loop.time()
+    h.conn.check_timeouts(now + 2.5)
+    assert h.output() == b""
+    h.conn.check_timeouts(now + 3.5)
+    loop.run_until_complete(h.settle(loop.time() + 2))
+    assert h.output().startswith(b"HTTP/1.1 408 ") and b"connection: close" in h.output()
+    assert h.app.received[-1]["type"] == "http.disconnect"
+
+
+def test_a_body_the_app_is_slow_to_read_is_not_timed_out(loop):
+    # Reading is paused by us (the app has not taken the buffered body): the client is not at fault.
+    gate = asyncio.Event()
+
+    async def slow_reader(scope, receive, send):
+        await gate.wait()
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    h = harness(loop, slow_reader, body_timeout=3.0)
+    big = b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 2_000_000
+    h.conn.data_received(big)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert h.transport.reading_paused
+    h.conn.check_timeouts(loop.time() + 30)
+    assert h.output() == b"" and not h.transport.closing
+    gate.set()
+
+
+def test_a_client_that_reads_nothing_is_cut_by_the_send_timeout(loop):
+    h = harness(loop, send_timeout=5.0)
+    loop.run_until_complete(h.feed([GET % b"a"]))
+    h.conn.pause_writing()
+    now = loop.time()
+    h.conn.check_timeouts(now + 4.0)
+    assert not h.transport.closing
+    h.conn.check_timeouts(now + 5.5)
+    assert h.transport.aborted
