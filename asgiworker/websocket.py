@@ -14,7 +14,7 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Optional
 
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -23,6 +23,25 @@ from asgiworker.errors import ClientDisconnected
 from asgiworker.wire.flow import FlowControl
 from asgiworker.wire.headers import check_headers, response_pairs
 from asgiworker.wire.lines import error_response, length_line, status_line
+
+# Bytes a client may send before the app accepts (they wait for the accept); beyond this,
+# reading pauses until it does.
+EARLY_DATA_LIMIT = 64 * 1024
+
+
+class _ServerProtocol(ServerProtocol):
+    """The library's server protocol, answering a close that interrupts a fragmented message.
+
+    RFC 6455 5.4 lets control frames, the close frame among them, arrive between the fragments of
+    a message; the library calls that a protocol error and answers 1002 (Autobahn case 7.1.5
+    fails it). The unfinished message can never complete, so we drop it and let the close be
+    an ordinary one: the peer's code is echoed.
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
 
 
 class WebSocketSession(asyncio.Protocol):
@@ -37,7 +56,7 @@ class WebSocketSession(asyncio.Protocol):
         extensions = [ServerPerMessageDeflateFactory()] if self.settings.ws_per_message_deflate else []
         # The library checks each frame (and its decompression) against the limit; the limit on
         # a whole fragmented message is ours, below.
-        self.protocol = ServerProtocol(extensions=extensions, max_size=(None, self.settings.ws_max_size))
+        self.protocol = _ServerProtocol(extensions=extensions, max_size=(None, self.settings.ws_max_size))
         self._raw_request = raw_request
         self._handshake: Any = None
         self._inbox: Deque[Dict[str, Any]] = deque()
@@ -57,12 +76,18 @@ class WebSocketSession(asyncio.Protocol):
         self._ping_sent_at: Optional[float] = None
         self._last_ping = self.loop.time()
         self.task: Optional[asyncio.Task[Any]] = None
+        # What arrived before the accept (at most EARLY_DATA_LIMIT and one read), and when the
+        # handshake reached the app (for the handshake timeout).
+        self._early: List[bytes] = []
+        self._early_size = 0
+        self._started_at = 0.0
 
     # -- takeover from the HTTP connection ----------------------------------------------------
 
     def start(self, transport: Any, leftover: bytes) -> None:
         self.transport = transport
         self.flow = FlowControl(transport, self.loop)
+        self._started_at = self.loop.time()
         transport.set_protocol(self)
         self.state.connections.add(self)
         version = _header(self.scope["headers"], b"sec-websocket-version")
@@ -88,11 +113,16 @@ class WebSocketSession(asyncio.Protocol):
     # -- transport callbacks ------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        protocol = self.protocol
         if not self._accepted:
-            # Frames sent before our answer wait in the library's buffer until we accept.
-            self._early = getattr(self, "_early", b"") + data
-            return
+            if not self._responded:
+                # Frames sent before our answer wait for the accept, bounded: past the limit we
+                # stop reading and the client's own buffers (then TCP) hold the rest.
+                self._early.append(data)
+                self._early_size += len(data)
+                if self._early_size >= EARLY_DATA_LIMIT:
+                    self.flow.pause_reading()
+            return  # (after a refusal: discarded while the transport closes)
+        protocol = self.protocol
         protocol.receive_data(data)
         for frame in protocol.events_received():
             self._on_frame(frame)
@@ -253,10 +283,13 @@ class WebSocketSession(asyncio.Protocol):
         self.protocol.send_response(response)
         self._accepted = True
         self._flush()
-        early = getattr(self, "_early", b"")
+        early = self._early
         if early:
-            self._early = b""
-            self.data_received(early)
+            self._early = []
+            self._early_size = 0
+            self.data_received(early[0] if len(early) == 1 else b"".join(early))
+        if len(self._inbox) < self.settings.ws_max_queue:
+            self.flow.resume_reading()  # (else the early frames filled the inbox: receive() resumes)
 
     def _send_denial(self) -> None:
         body = b"".join(self._denial_body)
@@ -282,9 +315,19 @@ class WebSocketSession(asyncio.Protocol):
                 transport.close()
 
     def _respond_and_close(self, data: bytes) -> None:
+        """An HTTP answer instead of the 101, then the close in stages, as HTTP's (the client may
+        be sending frames already: they are read and discarded, lest the kernel reset the
+        connection before the client reads our answer)."""
         self._responded = True
-        self.transport.write(data)
-        self.transport.close()
+        transport = self.transport
+        transport.write(data)
+        linger = self.settings.linger_timeout
+        if linger and transport.can_write_eof():
+            transport.write_eof()
+            self.flow.resume_reading()
+            self.loop.call_later(linger, self._force_close)
+        else:
+            transport.close()
 
     def _close_transport_soon(self) -> None:
         # The client should close after the close handshake; if it does not, we do.
@@ -313,17 +356,38 @@ class WebSocketSession(asyncio.Protocol):
     # -- worker hooks: the once-a-second tick and shutdown ------------------------------------
 
     def check_timeouts(self, now: float) -> None:
-        interval = self.settings.ws_ping_interval
-        if not self._accepted or not interval or self.protocol.state is not State.OPEN:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        settings = self.settings
+        if self.flow.stalled_for(now) > settings.send_timeout:
+            # The client reads none of what we send: its buffer is ours to free.
+            self.state.log.info("WebSocket client %s read nothing for %gs: closing",
+                                self.scope["client"], settings.send_timeout)
+            self._set_close(1006, "send timeout")
+            transport.abort()
+            return
+        if not self._accepted:
+            if not self._responded and now - self._started_at > settings.ws_handshake_timeout:
+                # The client waits for an answer the app is not giving: ours is that the service
+                # is unavailable; the app's receive() says the socket is gone, its send() raises.
+                self.state.log.warning("WebSocket application neither accepted nor refused %s within %gs "
+                                       "(ASGIWORKER_WS_HANDSHAKE_TIMEOUT): answering 503",
+                                       self.scope["raw_path"].decode("latin-1"), settings.ws_handshake_timeout)
+                self._set_close(1006, "handshake timeout")
+                self._respond_and_close(self._error(503, "Service Unavailable: the WebSocket was not accepted in time"))
+            return
+        interval = settings.ws_ping_interval
+        if not interval or self.protocol.state is not State.OPEN:
             return
         if self._ping_sent_at is not None:
-            if now - self._ping_sent_at > self.settings.ws_ping_timeout:
+            if now - self._ping_sent_at > settings.ws_ping_timeout:
                 self.state.log.info("WebSocket client %s did not answer a ping in %gs: closing",
-                                    self.scope["client"], self.settings.ws_ping_timeout)
+                                    self.scope["client"], settings.ws_ping_timeout)
                 self.protocol.fail(1011, "keepalive ping timeout")
                 self._flush()
                 self._set_close(1006, "keepalive ping timeout")
-                self.transport.close()
+                transport.close()
         elif now - self._last_ping >= interval:
             self._last_ping = self._ping_sent_at = now
             self.protocol.send_ping(os.urandom(4))
