@@ -200,3 +200,18 @@ def test_a_client_that_reads_nothing_is_cut_by_the_send_timeout(loop):
     assert not h.transport.closing
     h.conn.check_timeouts(now + 5.5)
     assert h.transport.aborted
+
+
+def test_a_stop_that_begins_during_a_keepalive_response_leaves_the_grace_for_the_next_request(loop):
+    # --max-requests: the stop begins as the last counted response completes, after it went out
+    # promising keep-alive. Its client's next request is answered, not met by a FIN.
+    h = harness(loop, keepalive=30.0)
+    h.state.max_requests = 1
+    h.state.on_max_requests = h.state.shutdown
+    loop.run_until_complete(h.feed([GET % b"a"]))
+    assert h.conn.stopping
+    assert b"connection: close" not in h.output() and not h.transport.eof_written
+    loop.run_until_complete(h.feed([GET % b"b"]))
+    assert h.app.paths == ["/a", "/b"]
+    assert h.output().endswith(b"connection: close\r\n" + h.state.default_headers + b"\r\nok")
+    assert h.transport.eof_written

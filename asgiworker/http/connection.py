@@ -363,8 +363,11 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             if self._pending_error is not None:
                 self.send_and_close(self._pending_error)
             # else: the bad request line is still arriving; its error response comes next
-        elif phase == FINISHING or self.stopping:
+        elif phase == FINISHING:
             self._close()
+        # (Stopping, after a response that promised keep-alive: the stop began while it went out,
+        # say at --max-requests. Its client may be sending the next request now: it gets the
+        # idle grace of shutdown(), as every idle connection does.)
         else:
             self._last_activity = now = self.loop.time()
             if self._head_started is not None:
