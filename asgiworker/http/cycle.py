@@ -58,6 +58,33 @@ def _bad_body(body: Any) -> RuntimeError:
     return RuntimeError("ASGI 'body' must be bytes, got %s" % type(body).__name__)
 
 
+def _odd_status(status: Any) -> int:
+    """A status the one-comparison check did not pass (not an exact int from 200 to 999): the
+    int it stands for, or RuntimeError. Int subclasses (``HTTPStatus.OK``) are ints, bool is not.
+    A 1xx goes out as the app asked (the connection then closes: see the writer); 101 never
+    does: no client of a plain HTTP request asked to switch protocols (a WebSocket's 101 is
+    the server's to write)."""
+    if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 999:
+        if status == 101:
+            raise RuntimeError("ASGI 'status' 101 (Switching Protocols) is not a response to an HTTP request")
+        return int(status)
+    raise _bad_status(status)
+
+
+def _odd_body(body: Any) -> "bytes | bytearray | memoryview":
+    """A body that is not exactly ``bytes``: as it is if it is a bytearray or a flat view of
+    bytes, else RuntimeError. A memoryview of wider items counts items, not bytes, in len()
+    (its Content-Length would be short, and the rest of its bytes read as the next response):
+    seen as its bytes, without a copy when it is contiguous."""
+    if type(body) is memoryview:
+        if body.itemsize == 1 and body.ndim == 1 and body.c_contiguous:
+            return body
+        return body.cast("B") if body.c_contiguous else body.tobytes()
+    if isinstance(body, _BYTES_TYPES):
+        return body
+    raise _bad_body(body)
+
+
 class RequestCycle(ResponseWriter):
     __slots__ = (
         "conn", "state", "out", "scope", "expect_100", "body", "buffered", "more_body",
@@ -157,7 +184,8 @@ class RequestCycle(ResponseWriter):
             conn.abort()
         else:
             self._report(500, False)
-            conn.send_and_close(error_response(500, "Internal Server Error", state.default_headers))
+            conn.send_and_close(error_response(500, "Internal Server Error", state.default_headers,
+                                               head=self.scope["method"] == "HEAD"))
 
     def _report(self, status: int, head_sent: bool) -> None:
         """The request is over: Gunicorn's post_request hook and access log, when set."""
@@ -224,8 +252,8 @@ class RequestCycle(ResponseWriter):
             if message_type != "http.response.start":
                 raise RuntimeError("Expected ASGI message 'http.response.start', got %r" % (message_type,))
             status = message["status"]
-            if type(status) is not int or not 100 <= status <= 999:
-                raise _bad_status(status)
+            if type(status) is not int or not 200 <= status <= 999:
+                status = _odd_status(status)
             self.status = status
             self.headers = message.get("headers", ())
             self.phase = STARTED
@@ -236,8 +264,8 @@ class RequestCycle(ResponseWriter):
             raise RuntimeError("The response is already complete; no more 'http.response.body' is allowed")
         body = message.get("body", b"")
         more_body = message.get("more_body", False)
-        if not isinstance(body, _BYTES_TYPES):
-            raise _bad_body(body)
+        if type(body) is not bytes:
+            body = _odd_body(body)
         if self.out.closed:
             self.on_disconnect()
             raise ClientDisconnected(_DISCONNECT)
@@ -256,21 +284,25 @@ class RequestCycle(ResponseWriter):
             self.out.flush()  # the end of a stream (a one-message response went out whole)
         self._complete()
 
-    def respond(self, status: int, headers: Any, body: bytes) -> None:
+    def respond(self, status: Any, headers: Any, body: Any) -> None:
         """A whole response at once (the RESPONSE_COMPLETE extension message)."""
         if self.disconnected or self.out.closed:
             self.on_disconnect()
             raise ClientDisconnected(_DISCONNECT)
         if self.phase != AWAITING_START:
             raise RuntimeError("The response has already started")
-        if type(status) is not int or not 100 <= status <= 999:
-            raise _bad_status(status)
-        if not isinstance(body, _BYTES_TYPES):
-            raise _bad_body(body)
+        if type(status) is not int or not 200 <= status <= 999:
+            status = _odd_status(status)
+        if type(body) is not bytes:
+            body = _odd_body(body)
         self.status = status
         self.headers = headers
         self.phase = STARTED
-        self._write_head_and_body(body, False)
+        try:
+            self._write_head_and_body(body, False)
+        except BaseException:
+            self.phase = AWAITING_START  # refused (invalid headers): nothing was sent, nothing started
+            raise
         self.phase = SENDING
         self._complete()
 

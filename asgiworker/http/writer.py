@@ -138,7 +138,9 @@ class ResponseWriter:
             parts.append(_CLOSE_LINE)
         elif not http11:
             parts.append(_KEEP_ALIVE_LINE)
-        self.keep_alive = keep_alive
+        # A 1xx as the response is not a final one: its client waits for one still, and would
+        # take the next request's answer for it. The close tells it there is none.
+        self.keep_alive = keep_alive if status >= 200 else False
         parts.append(self.state.default_headers)
         parts.append(b"\r\n")
         if head_request or framing == NO_BODY:

@@ -27,6 +27,11 @@ HEAD_BLOCKS = BoundedMemo(1024)
 _MAX_CACHED_BLOCK = 4096
 # Header names already found to be tokens.
 _GOOD_NAMES = BoundedMemo(4096)
+# Every control character a field value may not hold, but CR and LF (counted apart: every line
+# ends in CRLF), mapped to NUL; all other bytes to themselves. (translate + find: half the time
+# of a regex search.)
+_CONTROL_TO_NUL = bytes(0 if (byte < 0x20 and byte not in (0x09, 0x0A, 0x0D)) or byte == 0x7F else byte
+                        for byte in range(256))
 
 
 def head_block(headers: Any) -> HeaderBlock:
@@ -62,9 +67,15 @@ def check_headers(headers: Any) -> HeaderBlock:
         for name, value in headers:
             lname = name.lower()
             if lname == b"content-length":
-                content_length = int(value)
-                if content_length < 0:
+                # 1*DIGIT (OWS around it allowed): not whatever int() reads ("1_0", "+5").
+                digits = value.strip(b" \t")
+                if not digits.isdigit():
                     raise ValueError
+                length = int(digits)
+                if content_length is not None and length != content_length:
+                    # Which body length the app means is anyone's guess: not ours to pick.
+                    raise RuntimeError("Conflicting Content-Length response headers in %r" % (headers,))
+                content_length = length
                 continue  # written by us, once, in canonical form
             elif lname == b"transfer-encoding":
                 continue  # we frame the body ourselves
@@ -84,10 +95,13 @@ def check_headers(headers: Any) -> HeaderBlock:
                            % (headers,)) from None
     except ValueError:
         raise RuntimeError("Invalid Content-Length response header in %r" % (headers,)) from None
-    # Every line given ends in our CRLF; any other CR, LF or NUL would be response splitting.
-    # Counting is one C-speed pass instead of a regex per header.
-    if block.count(b"\n") != lines or block.count(b"\r") != lines or block.find(b"\0") >= 0:
-        raise RuntimeError("Invalid response header value (CR, LF or NUL) in %r" % (headers,))
+    # Every line given ends in our CRLF; any other CR or LF would be response splitting, and no
+    # other control character is a field value's either (RFC 9110 5.5: VCHAR, obs-text, SP and
+    # HTAB; a strict client refuses the response). Counting, then one pass over the block, at C
+    # speed, instead of a regex per header (and the block is remembered).
+    if block.count(b"\n") != lines or block.count(b"\r") != lines \
+            or block.translate(_CONTROL_TO_NUL).find(b"\0") >= 0:
+        raise RuntimeError("Invalid response header value (a control character) in %r" % (headers,))
     return block, content_length, close
 
 

@@ -39,10 +39,13 @@ def length_line(length: int) -> bytes:
     return line  # type: ignore[no-any-return]  # the memo holds only bytes
 
 
-def error_response(status: int, text: str, default_headers: bytes = b"", extra_headers: bytes = b"") -> bytes:
+def error_response(status: int, text: str, default_headers: bytes = b"", extra_headers: bytes = b"",
+                   head: bool = False) -> bytes:
     """A complete response the server writes on its own (a refusal, a timeout, a failed app):
     plain text saying why, then the connection closes. ``default_headers``: the server's Date
-    and Server lines; ``extra_headers``: whole header lines the status calls for."""
+    and Server lines; ``extra_headers``: whole header lines the status calls for; ``head``: the
+    answer to a HEAD request, the same head without the body (its client reads none: the text
+    would be read as the start of the next response)."""
     body = text.encode("utf-8") + b"\n"
     return b"".join((
         status_line(status),
@@ -52,5 +55,5 @@ def error_response(status: int, text: str, default_headers: bytes = b"", extra_h
         extra_headers,
         default_headers,
         b"\r\n",
-        body,
+        b"" if head else body,
     ))
