@@ -215,3 +215,18 @@ def test_a_stop_that_begins_during_a_keepalive_response_leaves_the_grace_for_the
     assert h.app.paths == ["/a", "/b"]
     assert h.output().endswith(b"connection: close\r\n" + h.state.default_headers + b"\r\nok")
     assert h.transport.eof_written
+
+
+def test_an_app_that_sends_to_a_client_gone_mid_body_lets_the_connection_go(loop):
+    # The client half-closes in the middle of its body; the app answers anyway, and send()
+    # raises ClientDisconnected out of the app: the connection must still be closed.
+    async def answers_anyway(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    h = harness(loop, answers_anyway)
+    h.conn.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhel")
+    assert h.conn.eof_received()
+    for _ in range(50):
+        loop.run_until_complete(asyncio.sleep(0))
+    assert h.transport.closing and h.output() == b""

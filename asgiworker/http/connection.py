@@ -415,8 +415,10 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._phase = REJECTING
         log = self.state.log.info if quiet else self.state.log.warning
         log("%s from %s: %s", "Closing connection" if quiet else "Invalid request", self._peer_host(), reason)
-        response = error_response(status, reason, self.state.default_headers)
         parsing = self._parsing
+        # (The refusal answers the request being read; to a HEAD, without its text.)
+        response = error_response(status, reason, self.state.default_headers,
+                                  head=parsing is not None and parsing.scope["method"] == "HEAD")
         if parsing is not None:
             # Its body is broken: the app reading it sees a disconnect, and nothing after it is
             # answered. If the app has not started answering, it gets our error instead.

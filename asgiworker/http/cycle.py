@@ -143,7 +143,7 @@ class RequestCycle(ResponseWriter):
         try:
             await state.app(self.scope, self.receive, self.send)
         except ClientDisconnected:
-            pass
+            self._fail()  # (the app gave up on a client that left: let go of the connection)
         except asyncio.CancelledError:
             self._fail()
             raise
