@@ -9,6 +9,7 @@ server pings, the denial response, and shutdown.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import os
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional
@@ -27,6 +28,9 @@ from asgiworker.wire.lines import error_response, length_line, status_line
 # Bytes a client may send before the app accepts (they wait for the accept); beyond this,
 # reading pauses until it does.
 EARLY_DATA_LIMIT = 64 * 1024
+
+
+_UTF8Decoder = codecs.getincrementaldecoder("utf-8")
 
 
 class _ServerProtocol(ServerProtocol):
@@ -65,6 +69,8 @@ class WebSocketSession(asyncio.Protocol):
         self._fragments: List[bytes] = []
         self._fragment_size = 0
         self._fragment_text = False
+        self._text_parts: List[str] = []  # a fragmented text message, decoded so far
+        self._utf8: Optional[codecs.IncrementalDecoder] = None
         self._accepted = False
         self._responded = False  # a denial or handshake response went out instead of 101
         self._denial_status: Optional[int] = None
@@ -134,26 +140,47 @@ class WebSocketSession(asyncio.Protocol):
             if opcode is not Opcode.CONT:
                 self._fragment_text = opcode is Opcode.TEXT
                 self._fragments = []
+                self._text_parts = []
+                self._utf8 = None
                 self._fragment_size = 0
-            self._fragments.append(frame.data)
             self._fragment_size += len(frame.data)
             max_size = self.settings.ws_max_size
             if max_size is not None and self._fragment_size > max_size:
                 self.protocol.fail(1009, "message too big")
                 self._fragments = []
+                self._text_parts = []
                 return
-            if not frame.fin:
-                return
-            payload = self._fragments[0] if len(self._fragments) == 1 else b"".join(self._fragments)
-            self._fragments = []
-            if self._fragment_text:
+            if self._fragment_text and not (frame.fin and opcode is Opcode.TEXT):
+                # A fragmented text message is decoded as its fragments arrive, so invalid UTF-8
+                # fails the connection at the fragment that holds it (Autobahn 6.4.1/6.4.2: "fail
+                # fast"), not after the client has sent, and we have held, the rest.
+                if self._utf8 is None:
+                    self._utf8 = _UTF8Decoder()
                 try:
-                    text = bytes(payload).decode("utf-8")
+                    self._text_parts.append(self._utf8.decode(frame.data, frame.fin))
+                except UnicodeDecodeError:
+                    self.protocol.fail(1007, "invalid UTF-8")
+                    self._text_parts = []
+                    return
+                if not frame.fin:
+                    return
+                text = "".join(self._text_parts)
+                self._text_parts = []
+                self._utf8 = None
+                self._enqueue({"type": "websocket.receive", "text": text})
+            elif self._fragment_text:
+                try:
+                    text = bytes(frame.data).decode("utf-8")
                 except UnicodeDecodeError:
                     self.protocol.fail(1007, "invalid UTF-8")
                     return
                 self._enqueue({"type": "websocket.receive", "text": text})
             else:
+                self._fragments.append(frame.data)
+                if not frame.fin:
+                    return
+                payload = self._fragments[0] if len(self._fragments) == 1 else b"".join(self._fragments)
+                self._fragments = []
                 self._enqueue({"type": "websocket.receive", "bytes": bytes(payload)})
             if len(self._inbox) >= self.settings.ws_max_queue:
                 self.flow.pause_reading()

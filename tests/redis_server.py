@@ -7,7 +7,7 @@
 
 No persistence (``--save '' --appendonly no``), its own temporary directory, loopback only. If
 ``redis-server`` is missing and we are root with apt-get, ``find_redis_server()`` installs
-Debian's ``redis-server`` package (as tests/test_chat_browser.py does for Chromium); the tests
+Debian's ``redis-server`` package (tests/debian.py, as for Chromium and slowhttptest); the tests
 that need it are skipped only when that is impossible.
 """
 
@@ -19,52 +19,20 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import List, Optional
 
 from tests.conftest import free_port
+from tests.debian import DebianUnavailable, ensure_debian_binary
 
-_install_lock = threading.Lock()
-_install_error: Optional[str] = None
-
-
-class RedisUnavailable(RuntimeError):
-    """No redis-server here and none can be installed: the caller skips."""
+# The program is Debian's (tests/debian.py finds or installs it); conftest skips on this error.
+RedisUnavailable = DebianUnavailable
 
 
 def find_redis_server() -> str:
     """The path of ``redis-server``, installing it with apt-get when missing and possible."""
-    global _install_error
-    path = shutil.which("redis-server")
-    if path:
-        return path
-    with _install_lock:
-        path = shutil.which("redis-server")
-        if path:
-            return path
-        if _install_error is not None:
-            raise RedisUnavailable(_install_error)
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            _install_error = "redis-server is not installed and cannot be installed here (needs root and apt-get)"
-            raise RedisUnavailable(_install_error)
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "-q", "redis-server"]):
-            try:
-                result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                _install_error = f"installing redis-server failed: {' '.join(cmd)}: {exc}"
-                raise RedisUnavailable(_install_error) from None
-            if result.returncode != 0:
-                _install_error = (f"installing redis-server failed: {' '.join(cmd)} exited {result.returncode}:\n"
-                                  f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
-                raise RedisUnavailable(_install_error)
-        path = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
-        if not path:
-            _install_error = "apt-get installed redis-server but no redis-server binary is on PATH"
-            raise RedisUnavailable(_install_error)
-        return path
+    return ensure_debian_binary("redis-server", "redis-server")
 
 
 class RedisServer:

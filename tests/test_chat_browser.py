@@ -1,8 +1,8 @@
 """examples/chat.py end to end in a real browser: headless Chromium, two tabs, one chat room.
 
 Chromium is Debian's ``chromium`` package. If it is missing and we are root with apt-get, the
-session fixture installs it (CI runs on a clean machine); the test is skipped only when that is
-impossible. The browser is driven over the Chrome DevTools Protocol with the `websockets` client
+session fixture installs it with tests/debian.py (CI runs on a clean machine); the test is skipped
+only when that is impossible. The browser is driven over the Chrome DevTools Protocol with the `websockets` client
 (no Selenium): two targets (tabs) opened on the chat page, ``Runtime.evaluate`` to type, submit
 and read the DOM.
 
@@ -28,39 +28,17 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import ROOT, GunicornServer
+from tests.debian import DebianUnavailable, ensure_debian_binary
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
 
-def find_chromium() -> Optional[str]:
-    for name in CHROMIUM_NAMES:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    path = find_chromium()
-    if path:
-        return path
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    log = []
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "-q", "chromium"]):
-        try:
-            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            pytest.skip(f"installing chromium failed: {' '.join(cmd)}: {exc}")
-        log.append(result.stdout[-2000:] + result.stderr[-2000:])
-        if result.returncode != 0:
-            pytest.skip(f"installing chromium failed: {' '.join(cmd)} exited {result.returncode}:\n{log[-1]}")
-    path = find_chromium()
-    if not path:
-        pytest.skip("apt-get installed chromium but no chromium binary is on PATH:\n" + "\n".join(log))
-    return path
+    try:
+        return ensure_debian_binary(CHROMIUM_NAMES[0], "chromium", alternatives=CHROMIUM_NAMES[1:])
+    except DebianUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 class Browser:

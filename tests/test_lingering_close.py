@@ -168,6 +168,7 @@ def test_a_body_that_stops_arriving_gets_408_and_the_app_a_disconnect(loop):
     loop.run_until_complete(h.settle(loop.time() + 2))
     assert h.output().startswith(b"HTTP/1.1 408 ") and b"connection: close" in h.output()
     assert h.app.received[-1]["type"] == "http.disconnect"
+    loop.run_until_complete(h.close())
 
 
 def test_a_body_the_app_is_slow_to_read_is_not_timed_out(loop):
@@ -189,6 +190,7 @@ def test_a_body_the_app_is_slow_to_read_is_not_timed_out(loop):
     h.conn.check_timeouts(loop.time() + 30)
     assert h.output() == b"" and not h.transport.closing
     gate.set()
+    loop.run_until_complete(h.close())
 
 
 def test_a_client_that_reads_nothing_is_cut_by_the_send_timeout(loop):
