@@ -26,15 +26,15 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import httptools
 
-from asgiworker import proxy_protocol
 from asgiworker.http.cycle import COMPLETE, RESPONSE_COMPLETE, SENDING, RequestCycle
 from asgiworker.http.reader import MAX_PIPELINED, Reject, RequestReader, failing_message_start
 from asgiworker.http.state import ServerState
+from asgiworker.http.unparsed import UnparsedInput
 from asgiworker.http.writer import OutputBuffer
 from asgiworker.tls import tls_extension
 from asgiworker.websocket import WebSocketSession
 from asgiworker.wire.flow import FlowControl
-from asgiworker.wire.grammar import HEAD_END, MIN_REQUEST, REQUEST_LINE_PREFIX, SPECIAL_HEADERS, UNKNOWN_METHOD_LINE
+from asgiworker.wire.grammar import HEAD_END, MIN_REQUEST, SPECIAL_HEADERS
 from asgiworker.wire.lines import error_response
 
 # The body buffered for the app is bounded by reader.BODY_HIGH_WATER; reading resumes below this.
@@ -59,7 +59,7 @@ class ConnectionPhase(IntEnum):
 OPEN, FINISHING, REJECTING, UPGRADING, CLOSED, HANDED_OVER = (int(phase) for phase in ConnectionPhase)
 
 
-class HttpConnection(RequestReader, asyncio.Protocol):
+class HttpConnection(RequestReader, UnparsedInput, asyncio.Protocol):
     def __init__(self, state: ServerState, peer: Any = None, local: Any = None) -> None:
         # (Every attribute is set here, none left to a class-level default: CPython reads an
         # instance's own attributes in its fast path, and one shadowing a class attribute slowly.)
@@ -300,41 +300,6 @@ class HttpConnection(RequestReader, asyncio.Protocol):
                 self._deferred = None
                 if not deferred.disconnected:
                     self.state.start_app_task(deferred, deferred.run())
-
-    def _read_bad_request_line(self, data: bytes) -> None:
-        bad_line = self._bad_line or b""
-        line = bad_line + (data if bad_line else data.lstrip(b"\r\n"))
-        end = line.find(b"\r\n")
-        if end < 0 and len(line) <= self.settings.limit_request_line + 32 and REQUEST_LINE_PREFIX.fullmatch(line):
-            self._bad_line = line  # bounded; the header timeout ends a client that stops here
-            return
-        self._bad_line = None
-        if end >= 0 and UNKNOWN_METHOD_LINE.fullmatch(line[:end + 2]):
-            self._reject(501, "Method not implemented")
-        else:
-            self._reject(400, "Invalid HTTP method")
-
-    def _read_proxy_header(self, data: bytes) -> bytes:
-        """Strip a PROXY protocol header off the connection's first bytes; return the rest."""
-        buffer = (self._proxy_buffer or b"") + data
-        try:
-            result = proxy_protocol.parse(buffer, self.settings.proxy_protocol)
-        except proxy_protocol.ProxyHeaderError as exc:
-            self._reject(400, str(exc))
-            return b""
-        if result is None:
-            self._proxy_buffer = buffer
-            return b""
-        self._proxy_buffer = None
-        consumed, client, server = result
-        if consumed:
-            peers = self.settings.proxy_protocol_peers
-            if peers is not None and not peers.trusts(self.client[0] if self.client else None):
-                self._reject(403, "PROXY protocol header not allowed from this peer")
-                return b""
-            self.client = client or self.client
-            self.server = server or self.server
-        return buffer[consumed:]
 
     # -- answering in order -------------------------------------------------------------------
 
