@@ -21,6 +21,7 @@ from asgiworker.tls import read_server_cert
 APP_KIND_ENV = "ASGIWORKER_APP_KIND"
 HEADER_TIMEOUT_ENV = "ASGIWORKER_HEADER_TIMEOUT"
 BODY_TIMEOUT_ENV = "ASGIWORKER_BODY_TIMEOUT"
+BODY_MIN_RATE_ENV = "ASGIWORKER_BODY_MIN_RATE"
 SEND_TIMEOUT_ENV = "ASGIWORKER_SEND_TIMEOUT"
 LINGER_TIMEOUT_ENV = "ASGIWORKER_LINGER_TIMEOUT"
 WS_HANDSHAKE_TIMEOUT_ENV = "ASGIWORKER_WS_HANDSHAKE_TIMEOUT"
@@ -54,6 +55,8 @@ class Settings:
     header_timeout: float = 10.0
     # A request body that stops arriving (while we read) for this long is given up (408).
     body_timeout: float = 20.0
+    # ... or trickles in slower than this many bytes/s over a window of body_timeout (0: no minimum).
+    body_min_rate: int = 500
     # A client that takes none of our output (the socket's buffer stays full) for this long is cut.
     send_timeout: float = 30.0
     # A closing connection reads and discards input for at most this long (RFC 9112 9.6).
@@ -91,6 +94,8 @@ class Settings:
             keepalive=float(cfg.keepalive),
             header_timeout=_seconds(environ, HEADER_TIMEOUT_ENV, 10.0),
             body_timeout=_seconds(environ, BODY_TIMEOUT_ENV, 20.0),
+            body_min_rate=_number(environ, BODY_MIN_RATE_ENV, 500, int, 0,
+                                  "zero (no minimum) or a positive whole number of bytes per second; set it to e.g. 500"),
             send_timeout=_seconds(environ, SEND_TIMEOUT_ENV, 30.0),
             linger_timeout=_seconds(environ, LINGER_TIMEOUT_ENV, 2.0, allow_zero=True),
             ws_handshake_timeout=_seconds(environ, WS_HANDSHAKE_TIMEOUT_ENV, 5.0),

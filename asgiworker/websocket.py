@@ -392,7 +392,7 @@ class WebSocketSession(asyncio.Protocol):
             self.state.log.info("WebSocket client %s read nothing for %gs: closing",
                                 self.scope["client"], settings.send_timeout)
             self._set_close(1006, "send timeout")
-            transport.abort()
+            self.flow.cut()
             return
         if not self._accepted:
             if not self._responded and now - self._started_at > settings.ws_handshake_timeout:

@@ -171,6 +171,37 @@ def test_a_body_that_stops_arriving_gets_408_and_the_app_a_disconnect(loop):
     loop.run_until_complete(h.close())
 
 
+def test_a_body_that_trickles_slower_than_the_minimum_rate_gets_408(loop):
+    h = harness(loop, body_timeout=3.0, body_min_rate=100)
+    h.conn.data_received(POST_HEAD + b"x" * 10)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    start = loop.time()
+    for second in range(1, 4):  # 10 bytes a second: never stalled for 3 s, but 10 < 100 bytes/s
+        h.conn.data_received(b"x" * 10)
+        h.conn._last_activity = start + second  # (as if each piece came a second apart)
+        h.conn.check_timeouts(start + second)
+        assert h.output() == b"", second
+    h.conn.check_timeouts(start + 4)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert h.output().startswith(b"HTTP/1.1 408 "), h.output()
+    assert h.app.received[-1]["type"] == "http.disconnect"
+    loop.run_until_complete(h.close())
+
+
+def test_a_body_at_the_minimum_rate_is_not_timed_out(loop):
+    h = harness(loop, body_timeout=3.0, body_min_rate=100)
+    head = b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
+    h.conn.data_received(head)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    start = loop.time()
+    for second in range(1, 12):
+        h.conn.data_received(b"x" * 150)
+        h.conn._last_activity = start + second
+        h.conn.check_timeouts(start + second)
+    assert h.output() == b"" and not h.transport.closing
+    loop.run_until_complete(h.close())
+
+
 def test_a_body_the_app_is_slow_to_read_is_not_timed_out(loop):
     # Reading is paused by us (the app has not taken the buffered body): the client is not at fault.
     gate = asyncio.Event()

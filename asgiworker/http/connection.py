@@ -119,6 +119,12 @@ class HttpConnection(RequestReader, UnparsedInput, asyncio.Protocol):
         self._peer_closed = False
         # Closing in stages (RFC 9112 9.6): our side is shut; input is discarded until then.
         self._linger_until: Optional[float] = None
+        # Request body bytes read on this connection, and the body rate's window: the body it
+        # measures, when it began and the count then (see _body_too_slow).
+        self._body_bytes = 0
+        self._rate_cycle: Optional[RequestCycle] = None
+        self._rate_since = 0.0
+        self._rate_mark = 0
 
     @property
     def closed(self) -> bool:
@@ -446,7 +452,7 @@ class HttpConnection(RequestReader, UnparsedInput, asyncio.Protocol):
         """The lingering close is over: close (after what is still buffered), or cut."""
         self._linger_until = None
         if abort:
-            self.transport.abort()
+            self.flow.cut()
         elif not self.transport.is_closing():
             self.transport.close()
 
@@ -466,15 +472,12 @@ class HttpConnection(RequestReader, UnparsedInput, asyncio.Protocol):
             # app, if one is writing, sees the disconnect.
             self.state.log.info("Closing connection from %s: it read nothing of the response for %gs",
                                 self._peer_host(), settings.send_timeout)
-            self.abort()
+            self._phase = CLOSED
+            self.out.close()
+            self.flow.cut()
             return
         parsing = self._parsing
-        if parsing is not None and parsing.more_body and not self.flow.reading_paused \
-                and now - self._last_activity > settings.body_timeout:
-            # A body that stopped arriving while we were reading it (slow body); not when the app
-            # is the slow one (reading is then paused by us).
-            self._reject(408, "Request Timeout: the request body stopped arriving for %gs" % settings.body_timeout,
-                         quiet=True)
+        if parsing is not None and parsing.more_body and self._body_too_slow(parsing, now):
             return
         active = self._active
         if active is not None:
@@ -491,6 +494,31 @@ class HttpConnection(RequestReader, UnparsedInput, asyncio.Protocol):
         elif parsing is None and now - self._last_activity > (
                 settings.keepalive if not self.stopping else min(settings.keepalive, SHUTDOWN_IDLE_GRACE)):
             self._close()
+
+    def _body_too_slow(self, parsing: RequestCycle, now: float) -> bool:
+        """Slow body: a body that stops arriving for body_timeout, or trickles in slower than
+        body_min_rate bytes/s over a window of body_timeout, is given up (408; its app sees a
+        disconnect). Not while reading is paused by us: the app is then the slow one."""
+        settings = self.settings
+        if self.flow.reading_paused:
+            self._rate_cycle = None  # a new window once we read again
+            return False
+        why = None
+        if now - self._last_activity > settings.body_timeout:
+            why = "the request body stopped arriving for %gs" % settings.body_timeout
+        elif settings.body_min_rate:
+            if self._rate_cycle is not parsing:
+                self._rate_cycle, self._rate_since, self._rate_mark = parsing, now, self._body_bytes
+            elif now - self._rate_since >= settings.body_timeout:
+                rate = (self._body_bytes - self._rate_mark) / (now - self._rate_since)
+                if rate < settings.body_min_rate:
+                    why = "the request body arrived at %.0f bytes/s (ASGIWORKER_BODY_MIN_RATE: %d)" % (
+                        rate, settings.body_min_rate)
+                self._rate_since, self._rate_mark = now, self._body_bytes
+        if why is None:
+            return False
+        self._reject(408, "Request Timeout: " + why, quiet=True)
+        return True
 
     def _peer_host(self) -> str:
         return self.client[0] if self.client else "?"

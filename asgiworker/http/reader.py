@@ -77,6 +77,7 @@ class RequestReader:
     _parsing: Optional[RequestCycle]  # the request whose body is arriving
     _websocket: Optional[WebSocketSession]
     _head_started: Optional[float]  # when the head under way began (the header timeout)
+    _body_bytes: int  # body bytes read on this connection (the slow-body rate)
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -220,6 +221,7 @@ class RequestReader:
             return  # the app answered without reading it all: drop the rest
         cycle.body.append(body)
         cycle.buffered += len(body)
+        self._body_bytes += len(body)
         if cycle.buffered > BODY_HIGH_WATER:
             self.flow.pause_reading()
         cycle.wake()

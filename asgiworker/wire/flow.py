@@ -10,7 +10,11 @@ between, and is let go when the connection is lost.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import Any, Optional
+
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, drops the buffer
 
 
 class FlowControl:
@@ -61,6 +65,19 @@ class FlowControl:
         if waiter is None or waiter.done():
             waiter = self._drain_waiter = self._loop.create_future()
         await waiter
+
+    def cut(self) -> None:
+        """Close with a reset, dropping what the kernel still holds for the client: for one that
+        reads nothing (the send timeout), whose unsent bytes would otherwise sit in the kernel,
+        in FIN-WAIT-1, for minutes after we let go (nginx's ``reset_timedout_connection``)."""
+        transport = self._transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+            except (OSError, AttributeError):
+                pass  # (not a TCP socket: the abort alone)
+        transport.abort()
 
     def connection_lost(self) -> None:
         self.closed = True
