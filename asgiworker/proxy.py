@@ -16,6 +16,11 @@ FORWARDED_FOR = b"x-forwarded-for"
 FORWARDED_PROTO = b"x-forwarded-proto"
 
 
+class ContradictorySchemeHeaders(ValueError):
+    """Two scheme headers of a trusted proxy disagree (Gunicorn answers 400, and so do we: the
+    client may have added one that the proxy did not clear)."""
+
+
 class ProxyPolicy:
     def __init__(self, allow: Iterable[str], secure_scheme_headers: Dict[str, str]) -> None:
         allow = [a.strip() for a in allow if a and a.strip()]
@@ -60,16 +65,25 @@ class ProxyPolicy:
         return bool(verdict)
 
     def apply(self, found: List[Tuple[bytes, bytes]], client: Any, scheme: str) -> "tuple[Any, str]":
-        """The (client, scheme) a trusted proxy's headers say."""
+        """The (client, scheme) a trusted proxy's headers say; ContradictorySchemeHeaders if
+        two of them say different schemes (as Gunicorn's own workers judge them: a secure
+        scheme header with another value says http)."""
+        said: Optional[str] = None
         for name, value in found:
             if name == FORWARDED_FOR:
                 client = self._client_from(value, client)
-            elif name == FORWARDED_PROTO:
+                continue
+            if name == FORWARDED_PROTO:
                 proto = value.split(b",")[-1].strip().lower()
-                if proto in (b"http", b"https"):
-                    scheme = proto.decode("ascii")
-            elif self.secure.get(name) == value.strip().lower():
-                scheme = "https"
+                this = proto.decode("ascii") if proto in (b"http", b"https") else None
+            elif name in self.secure:
+                this = "https" if self.secure[name] == value.strip().lower() else "http"
+            else:
+                continue
+            if this is not None:
+                if said is not None and this != said:
+                    raise ContradictorySchemeHeaders(f"{said} and {this}")
+                said = scheme = this
         return client, scheme
 
     def _client_from(self, value: bytes, client: Any) -> Any:

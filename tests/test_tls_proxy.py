@@ -205,6 +205,21 @@ def test_default_secure_scheme_headers(proxies, header):
     assert info_via(proxies["other"], header)["scheme"] == "http"
 
 
+@pytest.mark.parametrize("headers", [
+    (("X-Forwarded-Proto", "http"), ("X-Forwarded-Ssl", "on")),
+    (("X-Forwarded-Proto", "https"), ("X-Forwarded-Protocol", "tls")),
+    (("X-Forwarded-Ssl", "off"), ("X-Forwarded-Protocol", "ssl")),
+])
+def test_contradictory_scheme_headers_are_refused_as_gunicorn_does(proxies, headers):
+    # A proxy that sets only X-Forwarded-Proto passes on a client's own X-Forwarded-Ssl: believing
+    # the "https" one would let a plain-HTTP client pass for a secure one. Gunicorn answers 400.
+    response = http_request(proxies["default"].port, "/info", headers=headers)
+    assert response.status == 400 and b"Contradictory scheme headers" in response.body, response
+    # Agreeing headers are fine, and an untrusted peer's are not looked at.
+    assert info_via(proxies["default"], ("X-Forwarded-Proto", "https"), ("X-Forwarded-Ssl", "on"))["scheme"] == "https"
+    assert info_via(proxies["other"], *headers)["scheme"] == "http"
+
+
 def test_forwarded_for_takes_the_rightmost_untrusted_hop(proxies):
     # The default allow list trusts 127.0.0.1: what a client wrote left of the first untrusted hop
     # is not believed.

@@ -15,6 +15,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from asgiworker.http.cycle import COMPLETE, RequestCycle
+from asgiworker.proxy import ContradictorySchemeHeaders
 from asgiworker.websocket import WebSocketSession, build_raw_request, is_websocket_upgrade, websocket_scope
 from asgiworker.wire.grammar import HOST, OWS, TOKEN_BYTES
 from asgiworker.wire.memo import BoundedMemo
@@ -177,8 +178,11 @@ class RequestReader:
         client = self.client
         scheme = self.scheme
         if self._forwarded is not None:
-            client, scheme = self.settings.proxy.apply(self._forwarded, client, scheme)
-            self._forwarded = None
+            forwarded, self._forwarded = self._forwarded, None
+            try:
+                client, scheme = self.settings.proxy.apply(forwarded, client, scheme)
+            except ContradictorySchemeHeaders:
+                raise Reject(400, "Contradictory scheme headers") from None
         scope = {
             "type": "http",
             "asgi": ASGI_VERSION,
