@@ -150,11 +150,14 @@ def test_connection_close_with_an_unread_body_ends_with_a_fin(servers: BootedSer
 
 
 def test_connection_close_with_pipelined_requests_behind_ends_with_a_fin(servers: BootedServers) -> None:
-    # 1 MiB of pipelined requests behind a `Connection: close` one: only the first is answered,
-    # and what the server never read is discarded, not answered with a reset.
+    # 1 MiB of pipelined requests behind a `Connection: close` one, the first of them in the same
+    # write: only the first is answered, and what the server never read is discarded, not
+    # answered with a reset. (A client that sends nothing after its own `Connection: close`
+    # until it has the answer, and then more, breaks RFC 9112 9.6's MUST NOT: closed at once,
+    # as nginx does; docs/http.md.)
     first = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     tail = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * ((1 << 20) // 28)
-    data, how, errors = _read_all_then_fin(servers["plain"].port, first, tail)
+    data, how, errors = _read_all_then_fin(servers["plain"].port, first + tail[:4096], tail[4096:])
     response = _one_response(data, how, errors, "a Connection: close request with 1 MiB pipelined behind it")
     assert (response.status, response.get(b"connection")) == (200, b"close")
 

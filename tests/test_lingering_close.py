@@ -54,24 +54,35 @@ def harness(loop, app=None, **settings: Any) -> Harness:
     return h
 
 
-def test_connection_close_half_closes_then_discards_input_until_the_client_closes(loop):
+def test_a_connection_close_request_with_more_behind_it_half_closes_then_discards_input(loop):
     h = harness(loop)
-    loop.run_until_complete(h.feed([GET_CLOSE % b"a"]))
+    # A client that pipelined behind its own `connection: close` (it MUST NOT: RFC 9112 9.6).
+    loop.run_until_complete(h.feed([GET_CLOSE % b"a" + GET % b"b"]))
     assert h.output().endswith(b"\r\n\r\nok") and b"connection: close" in h.output()
     # Our side is shut (FIN after the response); the socket stays open to read.
     assert h.transport.eof_written and not h.transport.closing
     # What the client still sends is read and discarded, never parsed as a request.
-    loop.run_until_complete(h.feed([GET % b"b", b"x" * 100_000]))
+    loop.run_until_complete(h.feed([GET % b"c", b"x" * 100_000]))
     assert h.app.paths == ["/a"] and not h.transport.reading_paused
     # The client's FIN ends it: the transport closes itself (eof_received says so).
     assert not h.conn.eof_received()
 
 
+def test_a_client_that_asked_for_the_close_and_sent_nothing_more_is_closed_at_once(loop):
+    # It MUST NOT send more: nothing to linger for (what a proxy's HTTP/1.0 upstream requests do).
+    for request in (GET_CLOSE % b"a", b"GET /a HTTP/1.0\r\nHost: t\r\n\r\n"):
+        h = harness(loop)
+        loop.run_until_complete(h.feed([request]))
+        assert h.output().endswith(b"ok") and h.transport.closing and not h.transport.eof_written
+
+
 def test_a_client_that_never_closes_is_closed_after_the_linger_timeout(loop):
-    h = harness(loop, linger_timeout=2.0)
-    loop.run_until_complete(h.feed([GET_CLOSE % b"a"]))
-    now = loop.time()
-    h.conn.check_timeouts(now + 1.5)
+    h = harness(loop, linger_timeout=2.0, keepalive=1.0)
+    loop.run_until_complete(h.feed([GET % b"a"]))
+    now = loop.time()  # (the linger's deadline counts from the loop's clock at the close)
+    h.conn.check_timeouts(now + 1.5)  # the idle timeout: closing in stages
+    assert h.transport.eof_written
+    h.conn.check_timeouts(now + 1.9)
     assert not h.transport.closing
     h.conn.check_timeouts(now + 2.1)
     assert h.transport.closing and not h.transport.aborted
@@ -111,9 +122,11 @@ def test_linger_timeout_zero_closes_at_once(loop):
 
 
 def test_a_lingering_connection_whose_client_reads_nothing_is_cut_by_the_send_timeout(loop):
-    h = harness(loop, linger_timeout=60.0, send_timeout=5.0)
-    loop.run_until_complete(h.feed([GET_CLOSE % b"a"]))
-    h.conn.pause_writing()  # the response is stuck in the socket's buffer
+    h = harness(loop, linger_timeout=60.0, send_timeout=5.0, keepalive=1.0)
+    loop.run_until_complete(h.feed([GET % b"a"]))
+    h.conn.check_timeouts(loop.time() + 1.5)  # the idle timeout: closing in stages
+    assert h.transport.eof_written
+    h.conn.pause_writing()  # our output is stuck in the socket's buffer
     now = loop.time()
     h.conn.check_timeouts(now + 4.0)
     assert not h.transport.closing
@@ -146,8 +159,10 @@ def test_graceful_stop_closes_a_still_idle_connection_after_the_grace(loop):
 
 
 def test_the_graceful_deadline_ends_a_lingering_close(loop):
-    h = harness(loop)
-    loop.run_until_complete(h.feed([GET_CLOSE % b"a"]))
+    h = harness(loop, keepalive=1.0)
+    loop.run_until_complete(h.feed([GET % b"a"]))
+    h.conn.check_timeouts(loop.time() + 1.5)
+    assert h.transport.eof_written and not h.transport.closing
     h.state.force_close()
     assert h.transport.closing and not h.transport.aborted  # its response was flushed: a close, not a cut
 

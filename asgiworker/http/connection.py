@@ -122,6 +122,7 @@ class HttpConnection(RequestReader, UnparsedInput, asyncio.Protocol):
         # Request body bytes read on this connection, and the body rate's window: the body it
         # measures, when it began and the count then (see _body_too_slow).
         self._body_bytes = 0
+        self._client_keeps_alive = True
         self._rate_cycle: Optional[RequestCycle] = None
         self._rate_since = 0.0
         self._rate_mark = 0
@@ -322,7 +323,13 @@ class HttpConnection(RequestReader, UnparsedInput, asyncio.Protocol):
             cycle.keep_alive = False
         phase = self._phase
         if not cycle.keep_alive or phase >= CLOSED:
-            self._close()
+            # The client asked for the close itself (`connection: close`, HTTP/1.0) and sent
+            # nothing after that request (what it did send is read: more would have been a parse
+            # error, and the phase would say so): it MUST NOT send more (RFC 9112 9.6), so there
+            # is nothing to linger for (nginx's heuristic too; it saves a proxy's every request
+            # two system calls and a turn of the loop).
+            self._close(linger=self._client_keeps_alive or phase != OPEN or self._parsing is not None
+                        or self._held is not None or bool(self._pipeline))
         elif self._pipeline:
             # The next request is the active one from now on (new heads queue behind it); it
             # starts from the loop, never inside this app's send().
@@ -417,21 +424,21 @@ class HttpConnection(RequestReader, UnparsedInput, asyncio.Protocol):
     def close(self) -> None:
         self._close()
 
-    def _close(self) -> None:
+    def _close(self, linger: bool = True) -> None:
         """Close in stages (RFC 9112 9.6): what was written goes out, then our side is shut
         (FIN), and what the client still sends is read and discarded until it closes too, or
         for at most ``linger_timeout``. Closing at once would make the kernel answer any unread
         or later input with a reset, which can destroy our last response before the client reads
         it, and leaves the client unable to tell whether its request was read. (TLS has its own
-        close, close_notify: closed at once.)"""
+        close, close_notify: closed at once.) ``linger=False``: the client will send nothing more."""
         if self._phase < CLOSED:
             self._phase = CLOSED
             self.out.close()
             transport = self.transport
-            linger = self.settings.linger_timeout
-            if linger and not self._peer_closed and transport.can_write_eof():
+            timeout = self.settings.linger_timeout
+            if linger and timeout and not self._peer_closed and transport.can_write_eof():
                 transport.write_eof()  # (after the buffered output)
-                self._linger_until = self.loop.time() + linger
+                self._linger_until = self.loop.time() + timeout
                 self.flow.resume_reading()  # input is discarded now: read it, whatever held it
             else:
                 transport.close()

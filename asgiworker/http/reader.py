@@ -79,6 +79,7 @@ class RequestReader:
     _websocket: Optional[WebSocketSession]
     _head_started: Optional[float]  # when the head under way began (the header timeout)
     _body_bytes: int  # body bytes read on this connection (the slow-body rate)
+    _client_keeps_alive: bool  # the last request did not ask for the close (connection.py: _close)
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -174,7 +175,8 @@ class RequestReader:
             path = raw_path.decode("ascii")
         else:
             raw_path, query, path = split_target(url, method)
-        keep_alive = self._keepalive_on and parser.should_keep_alive()
+        self._client_keeps_alive = client_keeps_alive = parser.should_keep_alive()
+        keep_alive = self._keepalive_on and client_keeps_alive
         client = self.client
         scheme = self.scheme
         if self._forwarded is not None:
