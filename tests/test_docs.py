@@ -57,7 +57,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -426,19 +425,18 @@ def run_serve_group(group: ServeGroup, cwd: Path) -> None:
 
 
 def wait_answering(port: int, proc: "subprocess.Popen[bytes]", logged, timeout: float = 40.0) -> None:
+    """Until the server answers an HTTP request (any status: the curls judge the answer)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"the server exited with {proc.returncode}:\n{logged()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                s.settimeout(2)
-                if s.recv(1):
-                    return
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return
         except OSError:
-            pass
-        time.sleep(0.1)
+            time.sleep(0.1)
     raise AssertionError(f"the server did not answer within {timeout} s:\n{logged()}")
 
 
