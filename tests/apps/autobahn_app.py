@@ -11,19 +11,16 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Dict
 
+from tests.apps import answer_lifespan
+
 Receive = Callable[[], Awaitable[Dict[str, Any]]]
 Send = Callable[[Dict[str, Any]], Awaitable[None]]
 
 
 async def app(scope: Dict[str, Any], receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     if scope["type"] == "http":
         # The readiness probe (OPTIONS *) and curious browsers: a plain answer.
         while (await receive()).get("more_body"):
