@@ -278,3 +278,30 @@ def test_an_app_that_sends_to_a_client_gone_mid_body_lets_the_connection_go(loop
     for _ in range(50):
         loop.run_until_complete(asyncio.sleep(0))
     assert h.transport.closing and h.output() == b""
+
+
+def test_a_read_that_is_all_body_skips_the_head_count_but_the_pipeline_stays_bounded(loop):
+    # A read shorter than what is left of a Content-Length body holds no head (it is parsed
+    # without counting terminators); the read that ends the body and carries 40 pipelined heads
+    # is counted and cut as always: never more than MAX_PIPELINED requests wait.
+    from asgiworker.http import MAX_PIPELINED
+
+    gate = asyncio.Event()
+
+    async def held(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        await gate.wait()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    h = harness(loop, held)
+    body = b"b" * 100_000
+    h.conn.data_received(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+    h.conn.data_received(body[:65536])
+    assert h.conn._body_left == 100_000 - 65536
+    h.conn.data_received(body[65536:] + (GET % b"g") * 40)
+    assert len(h.conn._pipeline) <= MAX_PIPELINED and h.conn._held is not None
+    gate.set()
+    loop.run_until_complete(h.settle(loop.time() + 5))
+    assert h.output().count(b"HTTP/1.1 204 ") == 41

@@ -80,6 +80,7 @@ class RequestReader:
     _head_started: Optional[float]  # when the head under way began (the header timeout)
     _body_bytes: int  # body bytes read on this connection (the slow-body rate)
     _client_keeps_alive: bool  # the last request did not ask for the close (connection.py: _close)
+    _body_left: int  # bytes of a Content-Length body still to come (connection.data_received)
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -90,6 +91,7 @@ class RequestReader:
         self._transfer_encoding = False
         self._expect_100 = False
         self._upgrade = None
+        self._body_left = 0
         self._head_started = self._last_activity
 
     def on_url(self, url: bytes) -> None:
@@ -148,6 +150,10 @@ class RequestReader:
                 self._expect_100 = True
         elif name == b"upgrade":
             self._upgrade = value
+        elif name == b"content-length":
+            # llhttp frames the body (and refuses a bad or repeated value); this copy only tells
+            # the connection that a read shorter than what is left of the body holds no head.
+            self._body_left = int(value) if value.isdigit() else 0
         else:  # a proxy header from a trusted peer
             if self._forwarded is None:
                 self._forwarded = []
@@ -222,6 +228,7 @@ class RequestReader:
                 self.flow.pause_reading()
 
     def on_body(self, body: bytes) -> None:
+        self._body_left -= len(body)
         cycle = self._parsing
         if cycle is None or cycle.phase == COMPLETE:
             return  # the app answered without reading it all: drop the rest
@@ -233,6 +240,7 @@ class RequestReader:
         cycle.wake()
 
     def on_message_complete(self) -> None:
+        self._body_left = 0
         cycle = self._parsing
         if cycle is not None:
             cycle.more_body = False

@@ -24,4 +24,4 @@ OWS = (b" ", b"\t")
 HEAD_END = b"\r\n\r\n"
 MIN_REQUEST = 18
 # Request headers the reader looks at itself (and, from a trusted proxy, its headers too).
-SPECIAL_HEADERS = frozenset((b"host", b"transfer-encoding", b"expect", b"upgrade"))
+SPECIAL_HEADERS = frozenset((b"host", b"transfer-encoding", b"expect", b"upgrade", b"content-length"))
