@@ -13,7 +13,7 @@ import pytest
 import uvloop
 
 from asgiworker.config import Settings
-from asgiworker.http.connection import SHUTDOWN_IDLE_GRACE
+from asgiworker.http.timeouts import SHUTDOWN_IDLE_GRACE
 from tests.protocol_harness import Harness
 
 GET = b"GET /%s HTTP/1.1\r\nHost: t\r\n\r\n"

@@ -29,6 +29,7 @@ import httptools
 from asgiworker.http.cycle import COMPLETE, RESPONSE_COMPLETE, SENDING, RequestCycle
 from asgiworker.http.reader import MAX_PIPELINED, Reject, RequestReader, failing_message_start
 from asgiworker.http.state import ServerState
+from asgiworker.http.timeouts import ConnectionTimeouts
 from asgiworker.http.unparsed import UnparsedInput
 from asgiworker.http.writer import OutputBuffer
 from asgiworker.tls import tls_extension
@@ -42,8 +43,6 @@ BODY_LOW_WATER = 64 * 1024
 _SHORT_READ = MAX_PIPELINED * MIN_REQUEST
 # How far into a read a head's end is looked for, to parse the head apart from its body.
 _HEAD_SEARCH = 16 * 1024
-# At a graceful stop, an idle kept-alive connection is closed after this long without a request.
-SHUTDOWN_IDLE_GRACE = 1.0
 # One shared dict, with nothing per request in it.
 HTTP_EXTENSIONS: Dict[str, Any] = {RESPONSE_COMPLETE: {}}
 
@@ -61,7 +60,7 @@ class ConnectionPhase(IntEnum):
 OPEN, FINISHING, REJECTING, UPGRADING, CLOSED, HANDED_OVER = (int(phase) for phase in ConnectionPhase)
 
 
-class HttpConnection(RequestReader, UnparsedInput, asyncio.Protocol):
+class HttpConnection(RequestReader, UnparsedInput, ConnectionTimeouts, asyncio.Protocol):
     def __init__(self, state: ServerState, peer: Any = None, local: Any = None) -> None:
         # (Every attribute is set here, none left to a class-level default: CPython reads an
         # instance's own attributes in its fast path, and one shadowing a class attribute slowly.)
@@ -492,6 +491,13 @@ class HttpConnection(RequestReader, UnparsedInput, asyncio.Protocol):
         elif self._linger_until is not None:
             self._end_linger(abort=self.flow.writing_paused)
 
+    def _cut(self) -> None:
+        """Cut with a reset: for a client that reads nothing (its unsent bytes are dropped)."""
+        if self._phase < CLOSED:
+            self._phase = CLOSED
+            self.out.close()
+            self.flow.cut()
+
     def _end_linger(self, abort: bool) -> None:
         """The lingering close is over: close (after what is still buffered), or cut."""
         self._linger_until = None
@@ -499,82 +505,6 @@ class HttpConnection(RequestReader, UnparsedInput, asyncio.Protocol):
             self.flow.cut()
         elif not self.transport.is_closing():
             self.transport.close()
-
-    # -- the worker's once-a-second tick and shutdown -----------------------------------------
-
-    def check_timeouts(self, now: float) -> None:
-        settings = self.settings
-        if self._phase >= CLOSED:
-            until = self._linger_until
-            if until is not None:
-                stalled = self.flow.stalled_for(now) > settings.send_timeout
-                if stalled or now >= until:
-                    self._end_linger(abort=stalled)
-            return
-        if self.flow.stalled_for(now) > settings.send_timeout:
-            # The client takes none of our output (slow read): its buffer is ours to free. Its
-            # app, if one is writing, sees the disconnect.
-            self.state.log.info("Closing connection from %s: it read nothing of the response for %gs",
-                                self._peer_host(), settings.send_timeout)
-            self._phase = CLOSED
-            self.out.close()
-            self.flow.cut()
-            return
-        parsing = self._parsing
-        if parsing is not None and parsing.more_body and self._body_too_slow(parsing, now):
-            return
-        active = self._active
-        if active is not None:
-            task = active.task
-            if task is None or not task.done():
-                return  # an application is at work (or about to start): its time is its own
-            # Nothing runs for this connection any more although requests are queued: the idle
-            # and header timeouts below apply, so that a stalled connection cannot live forever.
-        if self._head_started is not None:
-            if now - self._head_started > settings.header_timeout:
-                self.state.log.info("Closing connection from %s: request head not received in %gs",
-                                    self._peer_host(), settings.header_timeout)
-                self.send_and_close(error_response(408, "Request Timeout", self.state.default_headers))
-        elif parsing is None and now - self._last_activity > (
-                settings.keepalive if not self.stopping else min(settings.keepalive, SHUTDOWN_IDLE_GRACE)):
-            self._close()
-
-    def _body_too_slow(self, parsing: RequestCycle, now: float) -> bool:
-        """Slow body: a body that stops arriving for body_timeout, or trickles in slower than
-        body_min_rate bytes/s over a window of body_timeout, is given up (408; its app sees a
-        disconnect). Not while reading is paused by us: the app is then the slow one."""
-        settings = self.settings
-        if self.flow.reading_paused:
-            self._rate_cycle = None  # a new window once we read again
-            return False
-        why = None
-        if now - self._last_activity > settings.body_timeout:
-            why = "the request body stopped arriving for %gs" % settings.body_timeout
-        elif settings.body_min_rate:
-            if self._rate_cycle is not parsing:
-                self._rate_cycle, self._rate_since, self._rate_mark = parsing, now, self._body_bytes
-            elif now - self._rate_since >= settings.body_timeout:
-                rate = (self._body_bytes - self._rate_mark) / (now - self._rate_since)
-                if rate < settings.body_min_rate:
-                    why = "the request body arrived at %.0f bytes/s (ASGIWORKER_BODY_MIN_RATE: %d)" % (
-                        rate, settings.body_min_rate)
-                self._rate_since, self._rate_mark = now, self._body_bytes
-        if why is None:
-            return False
-        self._reject(408, "Request Timeout: " + why, quiet=True)
-        return True
-
-    def _peer_host(self) -> str:
-        return self.client[0] if self.client else "?"
-
-    def shutdown(self) -> None:
-        """A graceful stop begins: every response from now on says `connection: close`. Nothing
-        is closed here: an idle kept-alive connection may be carrying the client's next request
-        right now, and closing it would make the client guess whether it was read. It gets
-        ``SHUTDOWN_IDLE_GRACE`` (at most its keep-alive) to send one, which is answered, then is
-        closed in stages; a connection that has not sent its first request yet likewise."""
-        self.stopping = True
-
 
 def _cancel_if_running(task: "asyncio.Task[None]") -> None:
     if not task.done():
