@@ -290,7 +290,9 @@ def test_connection_close_with_more_bytes_behind(servers: BootedServers) -> None
     for key in ("ours_u", "ours_g", "gasgi"):
         how, data = got[key]
         assert how == "eof" and data.startswith(b"HTTP/1.1 200 "), f"{key}: {how} {data[:100]!r}"
-    assert got["uvicorn"][0] == "reset", got["uvicorn"]
+    # uvicorn-worker's ending depends on timing (whether the kernel still held unread bytes at its
+    # close): mostly a reset, sometimes a clean EOF (the reference is not asserted either way).
+    assert got["uvicorn"][0] in ("reset", "eof"), got["uvicorn"]
 
 
 # -- WebSocket ----------------------------------------------------------------------------------
